@@ -1,0 +1,48 @@
+"""lbwrap: safe reinforcement learning from pixels.
+
+A latent world model learned from camera images, a latent barrier-like function B(z) on top of it
+(B >= 0 safe, B < 0 unsafe), and the Gymnasium / Stable-Baselines3 parts that use them. Public
+names are imported lazily, so ``import lbwrap`` stays cheap and the pure-torch core never pulls
+in Gymnasium or SB3.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    # envs
+    "make_pixel_env": "lbwrap.envs",
+    "as_pixel_env": "lbwrap.envs",
+    "PixelCostEnv": "lbwrap.envs",
+    "PIXEL_HAZARD_ID": "lbwrap.envs",
+    "PixelHazardEnv": "lbwrap.envs.pixel_hazard",
+    # core
+    "LatentState": "lbwrap.latent_state",
+    "WorldModel": "lbwrap.world_model",
+    "WorldModelConfig": "lbwrap.world_model",
+    "SequenceReplay": "lbwrap.world_model",
+    "BarrierNet": "lbwrap.barrier",
+    "BarrierConfig": "lbwrap.barrier",
+    "SafeActionFilter": "lbwrap.barrier",
+    "FilterConfig": "lbwrap.barrier",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'lbwrap' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,62 @@
+"""Shared fixtures. Fakes defined here are only for unit tests; each is backed by a test of the
+real thing (PixelHazard and SafetyPointGoal1Vision-v0 appear in the suite too)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+class ScriptedCostEnv(gym.Env):
+    """Image env whose per-step cost follows a script, and which records the actions it received.
+
+    obs: (16, 16, 3) uint8 image whose pixels all equal the step count (mod 256).
+    """
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(self, costs=(0.0,), terminate_at: int | None = None, cost_key: str = "cost",
+                 six_tuple: bool = False, episode_length: int = 50):
+        self.observation_space = gym.spaces.Box(0, 255, (16, 16, 3), np.uint8)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.costs = list(costs)
+        self.terminate_at = terminate_at
+        self.cost_key = cost_key
+        self.six_tuple = six_tuple
+        self.episode_length = episode_length
+        self.t = 0
+        self.received_actions: list[np.ndarray] = []
+
+    def _obs(self):
+        return np.full((16, 16, 3), self.t % 256, np.uint8)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self.received_actions.append(np.array(action, copy=True))
+        cost = self.costs[self.t % len(self.costs)]
+        self.t += 1
+        reward = 1.0
+        terminated = self.terminate_at is not None and self.t >= self.terminate_at
+        truncated = self.t >= self.episode_length
+        if self.six_tuple:
+            return self._obs(), reward, cost, terminated, truncated, {}
+        info = {self.cost_key: cost} if self.cost_key else {}
+        return self._obs(), reward, terminated, truncated, info
+
+
+@pytest.fixture
+def scripted_env_cls():
+    return ScriptedCostEnv
