@@ -1,0 +1,46 @@
+"""Latent barrier-like function B(z): network, losses, trainer and the safe-action filter.
+
+Pure PyTorch; sees the world model only through :class:`lbwrap.latent_state.LatentDynamics`.
+"""
+
+from .config import BarrierConfig, BarrierInput, LossForm
+from .filter import FilterConfig, FilterResult, SafeActionFilter
+from .losses import (
+    BarrierLoss,
+    CostFn,
+    barrier_loss,
+    compute_barrier_loss,
+    decrease_lhs,
+    decrease_term,
+    gradient_penalty,
+    group_loss,
+    safe_term,
+    unsafe_term,
+)
+from .network import BarrierNet
+from .rollout import Policy, imagine, uniform_actions
+from .trainer import BarrierTrainer
+
+__all__ = [
+    "BarrierConfig",
+    "BarrierInput",
+    "BarrierLoss",
+    "BarrierNet",
+    "BarrierTrainer",
+    "CostFn",
+    "FilterConfig",
+    "FilterResult",
+    "LossForm",
+    "Policy",
+    "SafeActionFilter",
+    "barrier_loss",
+    "compute_barrier_loss",
+    "decrease_lhs",
+    "decrease_term",
+    "gradient_penalty",
+    "group_loss",
+    "imagine",
+    "safe_term",
+    "uniform_actions",
+    "unsafe_term",
+]
