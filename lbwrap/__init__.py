@@ -11,7 +11,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from lbwrap._quiet import import_gymnasium_quietly
+
 __version__ = "0.1.0"
+
+# gymnasium-robotics (a safety-gymnasium dependency) prints a notice when gymnasium loads its
+# plugins; importing gymnasium here, quietly, keeps later imports (e.g. SB3's) quiet too.
+import_gymnasium_quietly()
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {
@@ -30,9 +36,23 @@ _LAZY: dict[str, str] = {
     "BarrierConfig": "lbwrap.barrier",
     "SafeActionFilter": "lbwrap.barrier",
     "FilterConfig": "lbwrap.barrier",
+    "LatentSafetyModel": "lbwrap.safety_model",
+    "SafetyModelConfig": "lbwrap.safety_model",
+    # wrappers
+    "LatentObservation": "lbwrap.wrappers",
+    "BarrierShield": "lbwrap.wrappers",
+    "BarrierPenalty": "lbwrap.wrappers",
+    # SB3
+    "CoTrainCallback": "lbwrap.sb3",
+    "VecLatentObservation": "lbwrap.sb3",
+    "VecBarrierShield": "lbwrap.sb3",
+    "VecBarrierPenalty": "lbwrap.sb3",
+    "BarrierSAC": "lbwrap.sb3",
+    "VecLagrangianPenalty": "lbwrap.sb3",
+    "LagrangianLoggerCallback": "lbwrap.sb3",
 }
 
-__all__ = sorted(_LAZY) + ["__version__"]
+__all__ = list(_LAZY) + ["__version__"]
 
 
 def __getattr__(name: str) -> Any:

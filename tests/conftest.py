@@ -8,10 +8,10 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
-import gymnasium as gym  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
 
 torch.set_num_threads(2)
 
@@ -22,7 +22,7 @@ class ScriptedCostEnv(gym.Env):
     obs: (16, 16, 3) uint8 image whose pixels all equal the step count (mod 256).
     """
 
-    metadata = {"render_modes": ["rgb_array"]}
+    metadata = {"render_modes": ["rgb_array"]}  # noqa: RUF012
 
     def __init__(self, costs=(0.0,), terminate_at: int | None = None, cost_key: str = "cost",
                  six_tuple: bool = False, episode_length: int = 50):
@@ -60,3 +60,27 @@ class ScriptedCostEnv(gym.Env):
 @pytest.fixture
 def scripted_env_cls():
     return ScriptedCostEnv
+
+
+# ----------------------------------------------------------------------------- tiny safety models
+TINY_WORLD_MODEL = {"cnn_depth": 4, "deter_dim": 16, "stoch_dim": 4, "hidden_dim": 16,
+                    "head_hidden_dim": 16}
+
+
+def make_tiny_safety(env, **overrides):
+    """A LatentSafetyModel small enough for unit tests (32x32 or 64x64 images)."""
+    from lbwrap.barrier import BarrierConfig
+    from lbwrap.safety_model import LatentSafetyModel
+
+    params = {
+        "seed": 0, "device": "cpu", "batch_size": 4, "seq_len": 8, "replay_capacity": 4000,
+        "world_model_overrides": TINY_WORLD_MODEL,
+        "barrier": BarrierConfig(hidden_dim=16, imagine_starts=16, imagine_horizon=3),
+    }
+    params.update(overrides)
+    return LatentSafetyModel.for_env(env, **params)
+
+
+@pytest.fixture
+def tiny_safety():
+    return make_tiny_safety

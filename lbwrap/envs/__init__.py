@@ -10,11 +10,11 @@ from lbwrap._quiet import import_gymnasium_quietly
 
 import_gymnasium_quietly()
 
-import gymnasium as gym  # noqa: E402
+import gymnasium as gym
 
-from lbwrap.envs.adapters import NoCostSignalError, PixelCostEnv, as_pixel_env, resize_image  # noqa: E402
-from lbwrap.envs.make import make_pixel_env  # noqa: E402
-from lbwrap.envs.safety_gym import (  # noqa: E402
+from lbwrap.envs.adapters import NoCostSignalError, PixelCostEnv, as_pixel_env, resize_image
+from lbwrap.envs.make import make_pixel_env
+from lbwrap.envs.safety_gym import (
     RenderBackendError,
     SafetyGymUnavailableError,
     ensure_render_backend,

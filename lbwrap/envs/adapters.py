@@ -16,13 +16,14 @@ Every env that lbwrap consumes looks the same after :class:`PixelCostEnv`:
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["PixelCostEnv", "as_pixel_env", "resize_image", "CostFn", "NoCostSignalError"]
+__all__ = ["CostFn", "NoCostSignalError", "PixelCostEnv", "as_pixel_env", "resize_image"]
 
 #: ``cost_fn(raw_obs, reward, info) -> float`` computes a step's cost from what the env returned.
 CostFn = Callable[[Any, float, dict], float]
@@ -114,7 +115,7 @@ class PixelCostEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self.channel_first = bool(channel_first)
         self._cost = cost
         self._source, self._key = self._resolve_pixel_source(env, pixels)
-        src_h, src_w, src_c = self._source_shape(env)
+        src_h, src_w, _ = self._source_shape(env)
         if size is None:
             if src_h != src_w:
                 raise ValueError(

@@ -21,20 +21,21 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Iterator
 from types import ModuleType
-from typing import Any, Iterator
+from typing import Any
 
 import gymnasium
 import numpy as np
 
 __all__ = [
-    "SafetyGymUnavailableError",
+    "VISION_ID_PATTERN",
     "RenderBackendError",
-    "import_safety_gymnasium",
+    "SafetyGymUnavailableError",
     "ensure_render_backend",
+    "import_safety_gymnasium",
     "is_safety_vision_id",
     "make_safety_vision_env",
-    "VISION_ID_PATTERN",
 ]
 
 #: Ids of safety-gymnasium's vision tasks, e.g. ``SafetyPointGoal1Vision-v0``.

@@ -1,0 +1,91 @@
+"""Per-env latent filtering for acting: the batched core behind the latent-observation wrappers.
+
+Pure torch + numpy. One :class:`LatentTracker` follows N env streams with the world model's
+posterior (``observe_step``): each call takes the frames the envs just returned, the actions
+that were *executed* to get there (after any shield), and which streams start a new episode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lbwrap.latent_state import LatentState
+from lbwrap.world_model import WorldModel
+
+__all__ = ["LatentTracker"]
+
+
+class LatentTracker:
+    """Filter state of ``num_envs`` streams; features are ``cat(deter, stoch)`` as float32 numpy.
+
+    Args:
+        world_model: the (live, training) world model.
+        num_envs: number of streams.
+        sample: draw the posterior latent (True) or use its mean (False, default: steadier
+            inputs for the agent and the shield).
+    """
+
+    def __init__(self, world_model: WorldModel, num_envs: int, sample: bool = False) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.world_model = world_model
+        self.num_envs = int(num_envs)
+        self.sample = bool(sample)
+        self.state: LatentState = world_model.initial_state(self.num_envs)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.world_model.feature_dim)
+
+    @torch.no_grad()
+    def observe(
+        self,
+        frames: np.ndarray,
+        prev_actions: np.ndarray | None,
+        is_first: np.ndarray,
+        rows: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Advance streams by one frame and return the features of all streams (N, feature_dim).
+
+        ``frames``: uint8 (M, C, H, W); ``prev_actions``: (M, A) executed actions that led to the
+        frames (ignored where ``is_first``; ``None`` means zeros); ``is_first``: (M,). ``rows``:
+        which of the N streams these M frames belong to (default: all N, in order).
+        """
+        wm = self.world_model
+        device = wm.device
+        idx = None if rows is None else torch.as_tensor(np.asarray(rows, np.int64), device=device)
+        m = self.num_envs if idx is None else int(idx.numel())
+        if m == 0:
+            return self.features()
+        is_first_t = torch.as_tensor(np.asarray(is_first, dtype=bool).reshape(-1), device=device)
+        if prev_actions is None:
+            prev = torch.zeros(m, wm.config.action_dim, device=device)
+        else:
+            prev = torch.as_tensor(np.asarray(prev_actions, np.float32), device=device).reshape(m, -1)
+        obs = torch.as_tensor(np.ascontiguousarray(frames), device=device)
+        state = self.state.to(device)
+        was_training = wm.training
+        wm.eval()
+        try:
+            sub = state if idx is None else state[idx]
+            new = wm.observe_step(sub, prev, obs, is_first_t, sample=self.sample)
+        finally:
+            wm.train(was_training)
+        if idx is None:
+            self.state = new
+        else:
+            def put(old: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+                old = old.clone()
+                old[idx] = value
+                return old
+
+            self.state = LatentState(put(state.deter, new.deter), put(state.stoch, new.stoch),
+                                     put(state.mean, new.mean), put(state.std, new.std))
+        return self.features()
+
+    def features(self) -> np.ndarray:
+        return self.world_model.features(self.state).float().cpu().numpy()
+
+    def reset_all(self) -> None:
+        self.state = self.world_model.initial_state(self.num_envs)

@@ -1,0 +1,486 @@
+"""``LatentSafetyModel``: world model + barrier + their optimisers + replay + shield, as one object.
+
+This is the piece users hold on to (pure torch, no Gymnasium or SB3 imports)::
+
+    safety = LatentSafetyModel.for_env(env)          # sizes from the env's spaces, CPU preset
+    safety.add_step(obs, prev_action, reward, cost, is_first, is_terminal)   # N envs at once
+    metrics = safety.update(num_updates=10)          # world model, then barrier, per update
+    safety.ready                                     # barrier trained well enough to shield?
+    safety.save("safety.pt"); LatentSafetyModel.load("safety.pt")
+
+The readiness gate (``ready``) is the documented, measurable switch the shield uses: the barrier's
+balanced accuracy on real labelled states, averaged (EMA) over recent updates, must reach
+``ready_accuracy`` after at least ``ready_min_updates`` updates and with at least
+``ready_min_unsafe`` unsafe states seen in training batches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from lbwrap.barrier import BarrierConfig, BarrierNet, BarrierTrainer, FilterConfig, SafeActionFilter
+from lbwrap.world_model import SequenceReplay, WorldModel, WorldModelConfig, WorldModelTrainer
+from lbwrap.world_model.checkpoint import atomic_torch_save
+
+__all__ = ["IncompatibleCheckpointError", "LatentSafetyModel", "SafetyModelConfig", "resolve_device"]
+
+_FORMAT = "lbwrap.safety_model"
+_VERSION = 1
+
+
+class IncompatibleCheckpointError(ValueError):
+    """A checkpoint that is not an lbwrap safety model, or one built for other sizes/spaces."""
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@dataclass
+class SafetyModelConfig:
+    """Everything that defines a :class:`LatentSafetyModel` and how it trains."""
+
+    world_model: WorldModelConfig = field(default_factory=WorldModelConfig.cpu)
+    barrier: BarrierConfig = field(default_factory=BarrierConfig)
+    filter: FilterConfig | None = None
+    """Shield settings; ``None`` takes dt/alpha/eps from ``barrier``."""
+    world_model_lr: float = 6e-4
+    """Adam learning rate of the world model (paper: 1e-5, far too slow at CPU budgets)."""
+    batch_size: int = 16
+    """Sequences per update."""
+    seq_len: int = 32
+    """Steps per sequence."""
+    replay_capacity: int = 100_000
+    """Pixel steps kept (all envs together); 64x64x3 frames take 12 KiB each."""
+    cost_fraction: float = 0.25
+    """At least this fraction of sampled sequences contains a costly step (unsafe states are rare)."""
+    ready_accuracy: float = 0.8
+    """Balanced accuracy (EMA) of sign(B) on real labelled states needed before shielding."""
+    ready_min_updates: int = 100
+    """Barrier updates needed before shielding."""
+    ready_min_unsafe: int = 50
+    """Unsafe (cost > kappa) states that must have appeared in training batches before shielding."""
+    accuracy_ema: float = 0.95
+    """Smoothing of the readiness accuracy (per update)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.world_model, dict):
+            self.world_model = WorldModelConfig.from_dict(self.world_model)
+        if isinstance(self.barrier, dict):
+            self.barrier = BarrierConfig(**self.barrier)
+        if isinstance(self.filter, dict):
+            self.filter = FilterConfig(**self.filter)
+        for name in ("batch_size", "seq_len", "replay_capacity", "ready_min_updates"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"SafetyModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.cost_fraction <= 1.0:
+            raise ValueError(f"SafetyModelConfig.cost_fraction must be in [0, 1], got {self.cost_fraction}")
+        if not 0.0 <= self.ready_accuracy <= 1.0:
+            raise ValueError(f"SafetyModelConfig.ready_accuracy must be in [0, 1], got {self.ready_accuracy}")
+        if not self.world_model_lr > 0:
+            raise ValueError(f"SafetyModelConfig.world_model_lr must be > 0, got {self.world_model_lr}")
+
+    @property
+    def filter_config(self) -> FilterConfig:
+        return self.filter if self.filter is not None else FilterConfig.from_barrier_config(self.barrier)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["world_model"] = self.world_model.to_dict()
+        out["barrier"] = self.barrier.to_dict()
+        out["filter"] = asdict(self.filter) if self.filter is not None else None
+        return out
+
+
+def image_shape_of(observation_space: Any) -> tuple[int, int, int]:
+    """(C, H, W) of a uint8 image space (channel-first or channel-last); clear error otherwise."""
+    shape = tuple(getattr(observation_space, "shape", None) or ())
+    dtype = getattr(observation_space, "dtype", None)
+    if len(shape) != 3 or dtype != np.uint8 or not (shape[0] == 3 or shape[-1] == 3):
+        raise ValueError(
+            f"lbwrap's world model needs uint8 RGB image observations of shape (3, S, S) or "
+            f"(S, S, 3); got {observation_space}. Wrap the env with lbwrap.as_pixel_env(env) "
+            "or build it with lbwrap.make_pixel_env(env_id)."
+        )
+    if shape[0] == 3:
+        return (3, shape[1], shape[2])
+    return (3, shape[0], shape[1])
+
+
+class LatentSafetyModel(nn.Module):
+    """World model and barrier (submodules), their trainers, the pixel replay and the shield logic.
+
+    Args:
+        config: sizes and training settings.
+        action_low, action_high: the action box (the shield never leaves it).
+        num_envs: parallel env streams the replay expects (``add_step`` takes that many rows).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        seed: seeds replay sampling, imagination and the shield's candidate draws.
+    """
+
+    def __init__(
+        self,
+        config: SafetyModelConfig,
+        action_low: Any,
+        action_high: Any,
+        num_envs: int = 1,
+        device: str | torch.device = "auto",
+        seed: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.seed = seed
+        wm_cfg = config.world_model
+        self.world_model = WorldModel(wm_cfg)
+        self.barrier = BarrierNet.from_config(config.barrier, wm_cfg.stoch_dim, wm_cfg.deter_dim)
+        low = np.asarray(action_low, dtype=np.float32).reshape(-1)
+        high = np.asarray(action_high, dtype=np.float32).reshape(-1)
+        if low.shape != (wm_cfg.action_dim,) or high.shape != (wm_cfg.action_dim,):
+            raise ValueError(
+                f"action bounds have shape {low.shape}/{high.shape}, the world model expects "
+                f"({wm_cfg.action_dim},)"
+            )
+        self.register_buffer("action_low", torch.as_tensor(low))
+        self.register_buffer("action_high", torch.as_tensor(high))
+        # readiness statistics travel with the weights
+        self.register_buffer("accuracy_ema", torch.tensor(float("nan")))
+        self.register_buffer("unsafe_seen", torch.tensor(0, dtype=torch.long))
+        self.to(resolve_device(device))
+        self.wm_trainer = WorldModelTrainer(self.world_model, lr=config.world_model_lr)
+        self.barrier_trainer = BarrierTrainer(self.barrier, config.barrier)
+        self.generator = torch.Generator(device=self.device)
+        if seed is not None:
+            self.generator.manual_seed(int(seed))
+        filter_cfg = config.filter_config
+        if seed is not None and filter_cfg.seed is None:
+            filter_cfg = FilterConfig(**{**asdict(filter_cfg), "seed": int(seed)})
+        self.shield_filter = SafeActionFilter(self.world_model, self.barrier, filter_cfg, low, high)
+        self.num_envs = int(num_envs)
+        self.replay = SequenceReplay(
+            config.replay_capacity, self.obs_shape, wm_cfg.action_dim, num_envs=self.num_envs,
+            seed=seed,
+        )
+        self.force_ready: bool | None = None
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def for_env(
+        cls,
+        env: Any,
+        preset: Literal["cpu", "paper"] = "cpu",
+        num_envs: int | None = None,
+        device: str | torch.device = "auto",
+        seed: int | None = None,
+        **config_overrides: Any,
+    ) -> LatentSafetyModel:
+        """Size a model for ``env`` (a Gymnasium env or SB3 VecEnv with pixel observations).
+
+        ``preset`` picks :meth:`WorldModelConfig.cpu` or :meth:`WorldModelConfig.paper`;
+        ``config_overrides`` set :class:`SafetyModelConfig` fields (e.g. ``batch_size=32``).
+        """
+        _, h, w = image_shape_of(env.observation_space)
+        if h != w:
+            raise ValueError(f"lbwrap needs square images, got {h}x{w}; resize with as_pixel_env(size=...).")
+        action_space = env.action_space
+        if not hasattr(action_space, "low") or len(getattr(action_space, "shape", ())) != 1:
+            raise ValueError(
+                f"lbwrap needs a 1-D continuous Box action space, got {action_space}."
+            )
+        action_dim = int(action_space.shape[0])
+        make = WorldModelConfig.cpu if preset == "cpu" else WorldModelConfig.paper
+        if preset not in ("cpu", "paper"):
+            raise ValueError(f"preset must be 'cpu' or 'paper', got {preset!r}")
+        wm_overrides = config_overrides.pop("world_model_overrides", {})
+        config = SafetyModelConfig(
+            world_model=make(action_dim=action_dim, image_size=h, **wm_overrides),
+            **config_overrides,
+        )
+        if num_envs is None:  # a VecEnv holds num_envs itself; a gym.Env is one stream
+            num_envs = int(vars(env).get("num_envs", 1)) if hasattr(env, "__dict__") else 1
+        return cls(config, action_space.low, action_space.high, num_envs=num_envs, device=device,
+                   seed=seed)
+
+    @property
+    def device(self) -> torch.device:
+        return self.action_low.device
+
+    @property
+    def obs_shape(self) -> tuple[int, int, int]:
+        cfg = self.config.world_model
+        return (cfg.image_channels, cfg.image_size, cfg.image_size)
+
+    @property
+    def action_dim(self) -> int:
+        return self.config.world_model.action_dim
+
+    def check_spaces(self, observation_space: Any, action_space: Any) -> None:
+        """Raise a clear ``ValueError`` when the env's spaces do not match this model."""
+        shape = image_shape_of(observation_space)
+        if shape != self.obs_shape:
+            raise ValueError(
+                f"This safety model was built for {self.obs_shape} images, the env gives {shape}. "
+                "Build it with LatentSafetyModel.for_env(env) or resize the env's images "
+                f"(make_pixel_env(..., size={self.obs_shape[-1]}))."
+            )
+        a_shape = tuple(getattr(action_space, "shape", ()) or ())
+        if a_shape != (self.action_dim,):
+            raise ValueError(
+                f"This safety model was built for {self.action_dim}-d actions, the env's action "
+                f"space is {action_space}."
+            )
+        low = np.asarray(action_space.low, np.float32)
+        high = np.asarray(action_space.high, np.float32)
+        if not (np.allclose(low, self.action_low.cpu().numpy()) and np.allclose(high, self.action_high.cpu().numpy())):
+            raise ValueError(
+                f"This safety model's action box is [{self.action_low.tolist()}, "
+                f"{self.action_high.tolist()}], the env's is [{low.tolist()}, {high.tolist()}]."
+            )
+
+    # ------------------------------------------------------------------ data
+    def add_step(
+        self,
+        obs: np.ndarray,
+        prev_action: np.ndarray,
+        reward: np.ndarray,
+        cost: np.ndarray,
+        is_first: np.ndarray,
+        is_terminal: np.ndarray,
+    ) -> None:
+        """Store one step for every env stream (Dreamer convention, see ``SequenceReplay.add``).
+
+        Channel-last frames (N, H, W, 3) are transposed to channel-first.
+        """
+        obs = np.asarray(obs)
+        if obs.ndim == 4 and obs.shape[1:] != self.obs_shape and obs.shape[-1] == self.obs_shape[0]:
+            obs = obs.transpose(0, 3, 1, 2)
+        self.replay.add(np.ascontiguousarray(obs, dtype=np.uint8), prev_action, reward, cost,
+                        is_first, is_terminal)
+
+    def can_train(self) -> bool:
+        """True once the replay holds a full sequence for at least one env."""
+        return self.replay.steps_per_env >= self.config.seq_len
+
+    # ------------------------------------------------------------------ learning
+    def update(self, num_updates: int = 1) -> dict[str, float]:
+        """``num_updates`` x (one world-model update, then one barrier update on its posteriors).
+
+        Returns the metrics of the last update, prefixed ``world_model/`` and ``barrier/``,
+        plus ``safety/ready`` and ``safety/accuracy_ema``.
+        """
+        if num_updates < 1:
+            return {}
+        if not self.can_train():
+            raise RuntimeError(
+                f"The replay holds {self.replay.steps_per_env} steps per env; "
+                f"{self.config.seq_len} are needed before training (seq_len)."
+            )
+        cfg = self.config
+        metrics: dict[str, float] = {}
+        for _ in range(num_updates):
+            batch = self.replay.sample_torch(cfg.batch_size, cfg.seq_len, self.device,
+                                             cost_fraction=cfg.cost_fraction)
+            wm_metrics, out = self.wm_trainer.update(batch)
+            b_metrics = self.barrier_trainer.update(
+                out.posts, batch["cost"], batch["is_first"], dynamics=self.world_model,
+                cost_fn=self.world_model.predict_cost, generator=self.generator,
+            )
+            self._update_readiness(batch["cost"], b_metrics)
+            metrics = {f"world_model/{k}": v for k, v in wm_metrics.items()}
+            metrics.update({f"barrier/{k}": v for k, v in b_metrics.items()})
+        metrics["safety/accuracy_ema"] = float(self.accuracy_ema)
+        metrics["safety/ready"] = float(self.ready)
+        metrics["safety/unsafe_seen"] = float(self.unsafe_seen)
+        return metrics
+
+    def _update_readiness(self, cost: torch.Tensor, metrics: dict[str, float]) -> None:
+        self.unsafe_seen += int((cost > self.config.barrier.kappa).sum())
+        acc = metrics.get("balanced_accuracy_real", math.nan)
+        if not math.isfinite(acc):
+            return
+        if not math.isfinite(float(self.accuracy_ema)):
+            self.accuracy_ema.fill_(acc)
+        else:
+            beta = self.config.accuracy_ema
+            self.accuracy_ema.mul_(beta).add_((1 - beta) * acc)
+
+    @property
+    def ready(self) -> bool:
+        """Whether the barrier is trusted to shield (see module doc); ``force_ready`` overrides."""
+        if self.force_ready is not None:
+            return bool(self.force_ready)
+        cfg = self.config
+        acc = float(self.accuracy_ema)
+        return (
+            self.barrier_trainer.num_updates >= cfg.ready_min_updates
+            and int(self.unsafe_seen) >= cfg.ready_min_unsafe
+            and math.isfinite(acc)
+            and acc >= cfg.ready_accuracy
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def checkpoint(self, include_replay: bool = False) -> dict[str, Any]:
+        """Everything needed to resume: configs, weights, optimiser states, readiness counters."""
+        payload: dict[str, Any] = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "config": self.config.to_dict(),
+            "action_low": self.action_low.cpu().numpy().tolist(),
+            "action_high": self.action_high.cpu().numpy().tolist(),
+            "num_envs": self.num_envs,
+            "seed": self.seed,
+            "state_dict": self.state_dict(),
+            "world_model_trainer": self.wm_trainer.state_dict(),
+            "barrier_trainer": self.barrier_trainer.state_dict(),
+        }
+        if include_replay:
+            payload["replay"] = self.replay.state_dict()
+        return payload
+
+    def save(self, path: str | Path, include_replay: bool = False) -> None:
+        """Write :meth:`checkpoint` atomically (an existing file is only replaced on success)."""
+        atomic_torch_save(self.checkpoint(include_replay), path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "auto") -> LatentSafetyModel:
+        """Rebuild a model (and its optimisers, and the replay if it was saved) from ``path``."""
+        payload = _read(path)
+        config = SafetyModelConfig(**payload["config"])
+        model = cls(config, payload["action_low"], payload["action_high"],
+                    num_envs=payload.get("num_envs", 1), device=device, seed=payload.get("seed"))
+        model._restore(payload)
+        return model
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Load ``path`` into this model; refuses a checkpoint of another configuration."""
+        payload = _read(path)
+        saved = SafetyModelConfig(**payload["config"])
+        diffs = saved.world_model.differences(self.config.world_model)
+        if diffs or saved.barrier.to_dict() != self.config.barrier.to_dict():
+            detail = ", ".join(
+                f"{d}: checkpoint {getattr(saved.world_model, d)!r} vs model "
+                f"{getattr(self.config.world_model, d)!r}" for d in diffs
+            ) or "barrier settings differ"
+            raise IncompatibleCheckpointError(
+                f"{path} was saved from a differently configured safety model ({detail}). "
+                "Use LatentSafetyModel.load(path) to rebuild it as saved."
+            )
+        self._restore(payload)
+
+    def _restore(self, payload: dict[str, Any]) -> None:
+        self.load_state_dict(payload["state_dict"])
+        self.wm_trainer.load_state_dict(payload["world_model_trainer"])
+        self.barrier_trainer.load_state_dict(payload["barrier_trainer"])
+        if "replay" in payload:
+            self.replay.load_state_dict(payload["replay"])
+
+
+def _read(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No safety-model checkpoint at {path}.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for foreign/corrupt files
+        raise IncompatibleCheckpointError(
+            f"{path} could not be read as an lbwrap safety-model checkpoint ({exc})."
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+        raise IncompatibleCheckpointError(
+            f"{path} is not an lbwrap safety-model checkpoint (saved with LatentSafetyModel.save)."
+        )
+    if payload.get("version") != _VERSION:
+        raise IncompatibleCheckpointError(
+            f"{path} has safety-model checkpoint version {payload.get('version')}, this lbwrap "
+            f"reads version {_VERSION}."
+        )
+    return payload
+
+
+# ---------------------------------------------------------------------------------------------
+# Decisions used by the wrappers (numpy in, numpy out), kept here so the Gymnasium and VecEnv
+# wrappers stay thin shells around the same logic.
+@dataclass
+class ShieldDecision:
+    """What the shield did for N envs (numpy arrays)."""
+
+    executed: np.ndarray
+    """(N, A) executed actions, inside the action box."""
+    intervened: np.ndarray
+    """(N,) bool: the proposal was replaced."""
+    active: bool
+    """The barrier was trusted (``ready``) and the filter ran."""
+    b_now: np.ndarray
+    """(N,) B(z) of the current latent (NaN when inactive)."""
+    b_next_proposed: np.ndarray
+    """(N,) predicted B after the proposed action (NaN when inactive)."""
+    b_next_executed: np.ndarray
+    """(N,) predicted B after the executed action (NaN when inactive)."""
+    feasible: np.ndarray
+    """(N,) bool: the executed action meets the barrier condition (True when inactive)."""
+
+
+def shield_decision(safety: LatentSafetyModel, state: Any, proposed: np.ndarray) -> ShieldDecision:
+    """Run the safe-action filter on a batch when ``safety.ready``; pass proposals through (clipped) otherwise."""
+    low = safety.action_low.cpu().numpy()
+    high = safety.action_high.cpu().numpy()
+    proposed = np.asarray(proposed, dtype=np.float32).reshape(-1, safety.action_dim)
+    n = proposed.shape[0]
+    clipped = np.clip(proposed, low, high)
+    if not safety.ready:
+        nan = np.full(n, np.nan, np.float32)
+        return ShieldDecision(clipped, np.zeros(n, bool), False, nan, nan.copy(), nan.copy(),
+                              np.ones(n, bool))
+    was_training = safety.training
+    safety.eval()
+    try:
+        with torch.no_grad():
+            result = safety.shield_filter(state.to(safety.device), torch.as_tensor(clipped, device=safety.device))
+    finally:
+        safety.train(was_training)
+    executed = np.clip(result.actions.float().cpu().numpy(), low, high)
+    return ShieldDecision(
+        executed=executed,
+        intervened=result.intervened.cpu().numpy().astype(bool),
+        active=True,
+        b_now=result.b_now.float().cpu().numpy(),
+        b_next_proposed=result.b_next_proposed.float().cpu().numpy(),
+        b_next_executed=result.b_next_executed.float().cpu().numpy(),
+        feasible=result.feasible.cpu().numpy().astype(bool),
+    )
+
+
+def barrier_values(safety: LatentSafetyModel, state: Any) -> np.ndarray:
+    """B(z) for a batch of latent states, as float32 numpy (no gradients)."""
+    with torch.no_grad():
+        return safety.barrier.value(state.to(safety.device)).float().cpu().numpy().reshape(-1)
+
+
+def barrier_penalty(
+    safety: LatentSafetyModel, b_prev: np.ndarray, b_next: np.ndarray, is_first: np.ndarray,
+    mode: Literal["decrease", "margin"] = "decrease",
+) -> np.ndarray:
+    """Non-negative penalty per env for reaching a state with barrier value ``b_next``.
+
+    ``margin``: ``relu(eps - B(z'))``. ``decrease``: ``relu(eps - ((B(z') - B(z)) / dt + alpha B(z')))``
+    (the violated discrete-time CBF condition), which falls back to ``margin`` where the
+    transition starts an episode.
+    """
+    cfg = safety.config.filter_config
+    margin = np.maximum(cfg.eps - b_next, 0.0)
+    if mode == "margin":
+        return margin.astype(np.float32)
+    if mode != "decrease":
+        raise ValueError(f"mode must be 'decrease' or 'margin', got {mode!r}")
+    lhs = (b_next - b_prev) / cfg.dt + cfg.alpha * b_next
+    decrease = np.maximum(cfg.eps - lhs, 0.0)
+    return np.where(np.asarray(is_first, bool), margin, decrease).astype(np.float32)

@@ -1,0 +1,32 @@
+"""Stable-Baselines3 adapters: VecEnv wrappers, the co-training callback, BarrierSAC, Lagrangian.
+
+Everything that imports ``stable_baselines3`` lives here; lower layers never import it.
+"""
+
+from lbwrap.sb3.callback import CoTrainCallback
+from lbwrap.sb3.lagrangian import (
+    LagrangianLoggerCallback,
+    VecLagrangianPenalty,
+    find_vec_lagrangian,
+)
+from lbwrap.sb3.policy import BarrierSAC, BarrierSACPolicy, barrier_actor_loss
+from lbwrap.sb3.vec_wrappers import (
+    VecBarrierPenalty,
+    VecBarrierShield,
+    VecLatentObservation,
+    find_vec_latent,
+)
+
+__all__ = [
+    "BarrierSAC",
+    "BarrierSACPolicy",
+    "CoTrainCallback",
+    "LagrangianLoggerCallback",
+    "VecBarrierPenalty",
+    "VecBarrierShield",
+    "VecLagrangianPenalty",
+    "VecLatentObservation",
+    "barrier_actor_loss",
+    "find_vec_lagrangian",
+    "find_vec_latent",
+]

@@ -1,0 +1,614 @@
+"""``BarrierSAC``: SAC whose actor objective carries the latent barrier term (METHOD.md §3).
+
+The paper trains a Dreamer actor with ``actor loss = -(returns) + eta * barrier loss``. Here the
+agent is Stable-Baselines3's SAC and the barrier term is added to SAC's own actor loss::
+
+    safety = LatentSafetyModel.for_env(pixel_env, seed=0)
+    env = BarrierShield(LatentObservation(pixel_env, safety), safety)     # shield optional
+    model = BarrierSAC("MlpPolicy", env, safety=safety, barrier_weight=1.0, barrier_horizon=5)
+    model.learn(10_000, callback=CoTrainCallback(safety))
+    model.save("agent.zip")
+    loaded = BarrierSAC.load("agent.zip")      # loaded.safety: the complete safety model
+
+For each sampled batch of latent observations ``z_0 = cat(deter, stoch_mean)``, the *current*
+actor is rolled ``barrier_horizon`` steps through the world model's prior (``img_step`` with
+``sample=False``; reparameterised actions, so gradients reach the actor), and::
+
+    barrier_loss = mean_t relu(eps - ((B(z_{t+1}) - B(z_t)) / dt + alpha B(z_{t+1})))
+                 + mean_t relu(eps - B(z_{t+1}))
+
+(``eps``, ``dt``, ``alpha`` from ``safety.config.filter_config``, the shield's settings).
+``barrier_weight * barrier_loss`` is added to SAC's actor loss only while ``safety.ready``
+(an untrained barrier is noise) or with ``barrier_always=True``. The world model and barrier
+are frozen while the term is built, so the actor step neither updates nor leaves gradients on
+them; they keep learning from real data through :class:`~lbwrap.sb3.CoTrainCallback`.
+
+Persistence: the policy owns the safety model as its submodule ``safety``, so its weights
+(and readiness buffers) are in ``policy.state_dict()``; the safety optimisers' states go in the
+zip's ``.pth`` files too. The live object (and its pixel replay) is never pickled: the zip's
+data only holds ``safety_spec`` (config, action box, seed, update counters), from which
+:meth:`BarrierSAC.load` rebuilds the model before SB3 loads the weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, TypeVar
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3 import SAC
+from stable_baselines3.common.policies import BasePolicy
+from stable_baselines3.common.utils import polyak_update
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper
+from stable_baselines3.sac.policies import SACPolicy
+from torch.nn import functional as F
+
+from lbwrap.barrier.losses import decrease_lhs
+from lbwrap.latent_state import LatentState
+from lbwrap.safety_model import LatentSafetyModel, SafetyModelConfig
+from lbwrap.sb3.vec_wrappers import VecLatentObservation
+from lbwrap.world_model.rssm import LOSS_ONLY_FIELDS
+from lbwrap.wrappers.latent import LatentObservation
+
+__all__ = [
+    "BarrierSAC",
+    "BarrierSACPolicy",
+    "barrier_actor_loss",
+    "scale_actions",
+    "split_features",
+]
+
+SelfBarrierSAC = TypeVar("SelfBarrierSAC", bound="BarrierSAC")
+
+ActorFn = Callable[[th.Tensor], th.Tensor]
+"""Maps latent features (N, deter + stoch) to squashed actions in [-1, 1] (N, A)."""
+
+
+# --------------------------------------------------------------------------- loss (pure torch)
+
+
+def split_features(features: th.Tensor, deter_dim: int) -> LatentState:
+    """Latent features ``cat(deter, stoch_mean)`` (N, D + Z) back into a :class:`LatentState`.
+
+    ``stoch`` and ``mean`` are the stochastic part (the observation wrappers publish the
+    posterior mean), ``std`` is ones (unused by ``img_step``).
+    """
+    deter = features[..., :deter_dim]
+    stoch = features[..., deter_dim:]
+    return LatentState(deter=deter, stoch=stoch, mean=stoch, std=th.ones_like(stoch))
+
+
+def scale_actions(actions: th.Tensor, low: th.Tensor, high: th.Tensor) -> th.Tensor:
+    """Squashed actions in [-1, 1] -> the env's box: ``low + (a + 1) * (high - low) / 2``.
+
+    The torch (differentiable) counterpart of SB3's ``policy.unscale_action``.
+    """
+    return low + (actions + 1.0) * (high - low) / 2.0
+
+
+@contextlib.contextmanager
+def _frozen(module: th.nn.Module) -> Iterator[None]:
+    """Temporarily set ``requires_grad=False`` on all of ``module``'s parameters."""
+    params = list(module.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def barrier_actor_loss(
+    safety: LatentSafetyModel,
+    actor: ActorFn,
+    features: th.Tensor,
+    horizon: int,
+    first_actions: th.Tensor | None = None,
+) -> tuple[th.Tensor, dict[str, float]]:
+    """The barrier term of the actor's loss, differentiable with respect to ``actor`` only.
+
+    Args:
+        safety: supplies the world model (prior ``img_step``), the barrier ``B`` and the
+            condition's ``eps``/``dt``/``alpha`` (``safety.config.filter_config``).
+        actor: features (N, D + Z) -> squashed actions in [-1, 1], reparameterised (gradients
+            must flow from the actions to the actor's parameters).
+        features: latent observations ``cat(deter, stoch_mean)`` (N, D + Z).
+        horizon: imagined steps (>= 1).
+        first_actions: squashed actions for the first step (e.g. the SAC batch's ``actions_pi``,
+            so the term shares their sample); ``None`` asks ``actor``.
+
+    Returns:
+        ``(loss, metrics)``: ``loss`` is a scalar on ``safety.device``; ``metrics`` holds
+        ``barrier_actor_loss``, ``barrier_decrease_violation`` (fraction of imagined steps
+        breaking the decrease condition), ``barrier_unsafe_fraction`` (fraction of imagined
+        next states with ``B < 0``) and ``barrier_next_mean``.
+
+    World-model and barrier parameters are frozen (``requires_grad=False``) while the graph is
+    built, so a ``backward()`` on the result leaves no gradient on them.
+    """
+    if horizon < 1:
+        raise ValueError(f"horizon: expected an int >= 1, actual {horizon!r}")
+    wm = safety.world_model
+    deter_dim = wm.config.deter_dim
+    feat_dim = wm.feature_dim
+    if features.dim() != 2 or features.shape[-1] != feat_dim:
+        raise ValueError(
+            f"features: expected shape (N, {feat_dim}) (deter {deter_dim} + stoch "
+            f"{wm.config.stoch_dim}), actual {tuple(features.shape)}"
+        )
+    cfg = safety.config.filter_config
+    device = safety.device
+    low = safety.action_low
+    high = safety.action_high
+    state = split_features(features.detach().to(device, th.float32), deter_dim)
+    dec_terms: list[th.Tensor] = []
+    margin_terms: list[th.Tensor] = []
+    b_nexts: list[th.Tensor] = []
+    with _frozen(safety):
+        b = safety.barrier.value(state)
+        for t in range(horizon):
+            if t == 0 and first_actions is not None:
+                squashed = first_actions
+            else:
+                squashed = actor(state.features)
+            action = scale_actions(squashed.to(device, th.float32), low, high)
+            state = wm.img_step(state, action, sample=False)
+            b_next = safety.barrier.value(state)
+            dec_terms.append(F.relu(cfg.eps - decrease_lhs(b, b_next, cfg.dt, cfg.alpha)))
+            margin_terms.append(F.relu(cfg.eps - b_next))
+            b_nexts.append(b_next)
+            b = b_next
+    dec = th.stack(dec_terms)
+    margin = th.stack(margin_terms)
+    loss = dec.mean() + margin.mean()
+    with th.no_grad():
+        b_all = th.stack(b_nexts)
+        metrics = {
+            "barrier_actor_loss": float(loss),
+            "barrier_decrease_violation": float((dec > 0).float().mean()),
+            "barrier_unsafe_fraction": float((b_all < 0).float().mean()),
+            "barrier_next_mean": float(b_all.mean()),
+        }
+    return loss, metrics
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _env_safety_models(env: Any) -> list[LatentSafetyModel]:
+    """The distinct safety models of the latent wrappers in a (Vec)Env chain that we can see.
+
+    Walks a Gymnasium env's wrappers (``LatentObservation``), or VecEnv wrappers
+    (``VecLatentObservation``) and, below a ``DummyVecEnv``, each env's Gymnasium wrappers.
+    Envs in worker processes (``SubprocVecEnv``) are not inspected.
+    """
+    found: list[LatentSafetyModel] = []
+
+    def add(model: Any) -> None:
+        if isinstance(model, LatentSafetyModel) and all(model is not m for m in found):
+            found.append(model)
+
+    def walk_gym(sub: Any) -> None:
+        while isinstance(sub, gym.Wrapper):
+            if isinstance(sub, LatentObservation):
+                add(sub.safety)
+            sub = sub.env
+
+    if isinstance(env, gym.Env):
+        walk_gym(env)
+        return found
+    current = env
+    while isinstance(current, VecEnvWrapper):
+        if isinstance(current, VecLatentObservation):
+            add(current.safety)
+        current = current.venv
+    if isinstance(current, DummyVecEnv):
+        for sub in current.envs:
+            walk_gym(sub)
+    return found
+
+
+def _check_compatible(safety: LatentSafetyModel, spec: dict[str, Any]) -> None:
+    """Raise when ``safety`` cannot take the weights of the model ``spec`` describes."""
+    saved = SafetyModelConfig(**spec["config"])
+    diffs = [
+        f"world_model.{name}: saved {getattr(saved.world_model, name)!r}, given "
+        f"{getattr(safety.config.world_model, name)!r}"
+        for name in saved.world_model.differences(safety.config.world_model)
+        if name not in LOSS_ONLY_FIELDS
+    ]
+    for name in ("hidden_dim", "num_layers", "input"):
+        mine, theirs = getattr(saved.barrier, name), getattr(safety.config.barrier, name)
+        if mine != theirs:
+            diffs.append(f"barrier.{name}: saved {mine!r}, given {theirs!r}")
+    if diffs:
+        raise ValueError(
+            "The safety model does not match the saved agent's (" + "; ".join(diffs) + "). "
+            "Load without safety=... to rebuild the saved one, or build it with the same sizes."
+        )
+
+
+# --------------------------------------------------------------------------- policy
+
+
+class BarrierSACPolicy(SACPolicy):
+    """SAC's ``MlpPolicy`` that also owns the :class:`LatentSafetyModel` as submodule ``safety``.
+
+    The safety model is not used in the forward pass (the actor and critics see the latent
+    features through their own feature extractors); owning it puts the world model and barrier
+    weights in ``policy.state_dict()`` (keys ``safety.*``) so they save and load with the agent.
+    It is neither in the actor's nor the critic's optimiser, and ``set_training_mode`` leaves it
+    alone (its trainers switch modes themselves). Save and load through :class:`BarrierSAC`.
+    """
+
+    safety: LatentSafetyModel | None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.safety = None
+
+    def attach_safety(self, safety: LatentSafetyModel) -> None:
+        """Register ``safety`` as the submodule ``safety`` (not added to any optimiser)."""
+        if not isinstance(safety, LatentSafetyModel):
+            raise TypeError(f"safety must be a LatentSafetyModel, got {type(safety).__name__}.")
+        self.safety = safety
+
+
+MlpPolicy = BarrierSACPolicy
+
+
+# --------------------------------------------------------------------------- algorithm
+
+
+class BarrierSAC(SAC):
+    """SAC with the latent barrier term in the actor loss; the policy owns the safety model.
+
+    Args:
+        policy: ``"MlpPolicy"`` (:class:`BarrierSACPolicy`) or a :class:`SACPolicy` subclass.
+        env: an env whose observations are the safety model's latent features:
+            ``LatentObservation(pixel_env, safety)`` (optionally inside ``BarrierShield``), or
+            ``VecLatentObservation(venv, safety)``.
+        safety: the :class:`LatentSafetyModel` the observation wrapper uses (required for a new
+            model; :meth:`load` rebuilds it from the zip).
+        barrier_weight: ``eta``, the weight of the barrier term (paper: 1; 0 disables it).
+        barrier_horizon: imagined steps of the barrier term (>= 1).
+        barrier_always: add the term even while ``safety.ready`` is False (untrained barrier).
+        **kwargs: SAC's arguments (``learning_rate``, ``buffer_size``, ``batch_size``, ...).
+
+    Logged besides SAC's keys: ``train/barrier_active`` (0/1), and while active
+    ``train/barrier_actor_loss``, ``train/barrier_decrease_violation``,
+    ``train/barrier_unsafe_fraction``, ``train/barrier_next_mean``. ``train/actor_loss`` stays
+    SAC's own part (comparable with plain SAC).
+
+    Do not normalise observations with ``VecNormalize(norm_obs=True)``: the barrier term reads
+    the features as latent states.
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {"MlpPolicy": BarrierSACPolicy}
+    policy: SACPolicy
+
+    def __init__(
+        self,
+        policy: str | type[SACPolicy],
+        env: Any,
+        safety: LatentSafetyModel | None = None,
+        barrier_weight: float = 1.0,
+        barrier_horizon: int = 5,
+        barrier_always: bool = False,
+        _init_setup_model: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if safety is not None and not isinstance(safety, LatentSafetyModel):
+            raise TypeError(f"safety must be a LatentSafetyModel, got {type(safety).__name__}.")
+        if _init_setup_model and safety is None:
+            raise ValueError(
+                "BarrierSAC needs safety=LatentSafetyModel: the model whose latent features the "
+                "env observes, e.g. safety = LatentSafetyModel.for_env(pixel_env); "
+                "env = LatentObservation(pixel_env, safety); "
+                "BarrierSAC('MlpPolicy', env, safety=safety)."
+            )
+        weight = float(barrier_weight)
+        if not np.isfinite(weight) or weight < 0:
+            raise ValueError(
+                f"barrier_weight: expected a finite number >= 0, actual {barrier_weight!r}"
+            )
+        if (
+            isinstance(barrier_horizon, bool)
+            or not isinstance(barrier_horizon, (int, np.integer))
+            or barrier_horizon < 1
+        ):
+            raise ValueError(f"barrier_horizon: expected an int >= 1, actual {barrier_horizon!r}")
+        super().__init__(policy, env, _init_setup_model=False, **kwargs)
+        self.safety = safety
+        self.safety_spec: dict[str, Any] | None = None
+        self.barrier_weight = weight
+        self.barrier_horizon = int(barrier_horizon)
+        self.barrier_always = bool(barrier_always)
+        if _init_setup_model:
+            self._setup_model()
+
+    # ------------------------------------------------------------------ setup / persistence
+    def _setup_model(self) -> None:
+        loading = self.safety_spec is not None  # BarrierSAC.load: weights come after this
+        if self.safety is None:
+            if self.safety_spec is None:
+                raise ValueError(
+                    "BarrierSAC has no safety model: pass safety=LatentSafetyModel (or load a "
+                    "zip saved by BarrierSAC.save)."
+                )
+            # load path: adopt the model the env's latent wrapper uses (the saved weights are
+            # loaded into it), else rebuild one from the saved spec
+            in_env = _env_safety_models(self.env)
+            if len(in_env) == 1:
+                self.safety = in_env[0]
+            else:
+                self.safety = self._build_safety(self.safety_spec)
+        if loading:
+            assert self.safety_spec is not None
+            _check_compatible(self.safety, self.safety_spec)
+            self._restore_counters(self.safety, self.safety_spec)
+        self._check_safety()
+        self._check_env_safety(self.env)
+        super()._setup_model()
+        policy_attach = getattr(self.policy, "attach_safety", None)
+        if callable(policy_attach):
+            policy_attach(self.safety)
+        else:  # any SACPolicy: nn.Module registers the submodule on assignment
+            self.policy.safety = self.safety
+        self.safety_spec = self._safety_spec()
+
+    def _check_safety(self) -> None:
+        safety = self.safety
+        assert safety is not None
+        wm_cfg = safety.config.world_model
+        feat = wm_cfg.feature_dim
+        obs_space = self.observation_space
+        if not (isinstance(obs_space, spaces.Box) and tuple(obs_space.shape) == (feat,)):
+            raise ValueError(
+                f"BarrierSAC observes the safety model's latent features: expected a Box of shape "
+                f"({feat},) (deter {wm_cfg.deter_dim} + stoch {wm_cfg.stoch_dim}), actual "
+                f"{obs_space}. Wrap the env with LatentObservation(env, safety) (or "
+                "VecLatentObservation(venv, safety)) using this safety model."
+            )
+        act_space = self.action_space
+        low = safety.action_low.cpu().numpy()
+        high = safety.action_high.cpu().numpy()
+        if not (
+            isinstance(act_space, spaces.Box)
+            and tuple(act_space.shape) == (safety.action_dim,)
+            and np.allclose(act_space.low, low)
+            and np.allclose(act_space.high, high)
+        ):
+            raise ValueError(
+                f"The env's action space {act_space} does not match the safety model's action box "
+                f"[{low.tolist()}, {high.tolist()}]: build the safety model for this env "
+                "(LatentSafetyModel.for_env(pixel_env)) and do not rescale actions outside it."
+            )
+        vec_norm = getattr(self, "_vec_normalize_env", None)
+        if vec_norm is not None and getattr(vec_norm, "norm_obs", False):
+            raise ValueError(
+                "BarrierSAC reads its observations as latent states; VecNormalize(norm_obs=True) "
+                "would scramble them. Use VecNormalize(venv, norm_obs=False) or none."
+            )
+
+    def _check_env_safety(self, env: Any) -> None:
+        others = [m for m in _env_safety_models(env) if m is not self.safety]
+        if others:
+            raise ValueError(
+                "The env's LatentObservation uses another LatentSafetyModel than the agent: "
+                "build the env around model.safety (LatentObservation(pixel_env, model.safety)), "
+                "or load with BarrierSAC.load(path, env=env, safety=<the env's safety model>)."
+            )
+
+    def set_env(self, env: Any, force_reset: bool = True) -> None:
+        """SB3's ``set_env``; the env's latent wrapper must use this agent's safety model."""
+        self._check_env_safety(env)
+        super().set_env(env, force_reset=force_reset)
+
+    def _safety_spec(self) -> dict[str, Any]:
+        """Plain data that rebuilds the safety model (weights come from ``policy.pth``)."""
+        safety = self.safety
+        assert safety is not None
+        return {
+            "config": safety.config.to_dict(),
+            "action_low": safety.action_low.cpu().numpy().tolist(),
+            "action_high": safety.action_high.cpu().numpy().tolist(),
+            "num_envs": safety.num_envs,
+            "seed": safety.seed,
+            "force_ready": safety.force_ready,
+            "world_model_trainer": {
+                "num_updates": safety.wm_trainer.num_updates,
+                "num_skipped": safety.wm_trainer.num_skipped,
+                "grad_clip": safety.wm_trainer.grad_clip,
+            },
+            "barrier_trainer": {
+                "num_updates": safety.barrier_trainer.num_updates,
+                "nonfinite_skipped": safety.barrier_trainer.nonfinite_skipped,
+            },
+        }
+
+    def _build_safety(self, spec: dict[str, Any]) -> LatentSafetyModel:
+        config = SafetyModelConfig(**spec["config"])
+        safety = LatentSafetyModel(
+            config, spec["action_low"], spec["action_high"],
+            num_envs=int(getattr(self, "n_envs", None) or spec.get("num_envs", 1)),
+            device=self.device, seed=spec.get("seed"),
+        )
+        return safety
+
+    @staticmethod
+    def _restore_counters(safety: LatentSafetyModel, spec: dict[str, Any]) -> None:
+        safety.force_ready = spec.get("force_ready")
+        wm_state = spec.get("world_model_trainer", {})
+        safety.wm_trainer.num_updates = int(wm_state.get("num_updates", 0))
+        safety.wm_trainer.num_skipped = int(wm_state.get("num_skipped", 0))
+        if "grad_clip" in wm_state:
+            safety.wm_trainer.grad_clip = wm_state["grad_clip"]
+        b_state = spec.get("barrier_trainer", {})
+        safety.barrier_trainer.num_updates = int(b_state.get("num_updates", 0))
+        safety.barrier_trainer.nonfinite_skipped = int(b_state.get("nonfinite_skipped", 0))
+
+    def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
+        """SB3's ``save``; refreshes ``safety_spec`` (update counters) first."""
+        if self.safety is not None:
+            self.safety_spec = self._safety_spec()
+        super().save(path, exclude=exclude, include=include)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "safety"]
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        state_dicts, variables = super()._get_torch_save_params()
+        state_dicts = [
+            *state_dicts,
+            "policy.safety.wm_trainer.optimizer",
+            "policy.safety.barrier_trainer.optimizer",
+        ]
+        return state_dicts, variables
+
+    # ------------------------------------------------------------------ barrier term
+    def _barrier_active(self) -> bool:
+        return self.barrier_weight > 0 and (self.barrier_always or bool(self.safety.ready))
+
+    def _actor_actions(self, features: th.Tensor) -> th.Tensor:
+        actions, _ = self.actor.action_log_prob(features.to(self.device))
+        return actions
+
+    # ------------------------------------------------------------------ training
+    def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        """SB3 2.9's ``SAC.train`` with ``barrier_weight * barrier_loss`` in the actor loss."""
+        # Switch to train mode (this affects batch norm / dropout)
+        self.policy.set_training_mode(True)
+        # Update optimizers learning rate
+        optimizers = [self.actor.optimizer, self.critic.optimizer]
+        if self.ent_coef_optimizer is not None:
+            optimizers += [self.ent_coef_optimizer]
+
+        # Update learning rate according to lr schedule
+        self._update_learning_rate(optimizers)
+
+        ent_coef_losses, ent_coefs = [], []
+        actor_losses, critic_losses = [], []
+        barrier_active = self._barrier_active()
+        barrier_metrics: list[dict[str, float]] = []
+
+        for gradient_step in range(gradient_steps):
+            # Sample replay buffer
+            replay_data = self.replay_buffer.sample(  # type: ignore[union-attr]
+                batch_size, env=self._vec_normalize_env
+            )
+            # For n-step replay, discount factor is gamma**n_steps (when no early termination)
+            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+
+            # We need to sample because `log_std` may have changed between two gradient steps
+            if self.use_sde:
+                self.actor.reset_noise()
+
+            # Action by the current actor for the sampled state
+            actions_pi, log_prob = self.actor.action_log_prob(replay_data.observations)
+            log_prob = log_prob.reshape(-1, 1)
+
+            ent_coef_loss = None
+            if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
+                # Important: detach the variable from the graph
+                # so we don't change it with other losses
+                # see https://github.com/rail-berkeley/softlearning/issues/60
+                ent_coef = th.exp(self.log_ent_coef.detach())
+                assert isinstance(self.target_entropy, float)
+                ent_coef_loss = -(
+                    self.log_ent_coef * (log_prob + self.target_entropy).detach()
+                ).mean()
+                ent_coef_losses.append(ent_coef_loss.item())
+            else:
+                ent_coef = self.ent_coef_tensor
+
+            ent_coefs.append(ent_coef.item())
+
+            # Optimize entropy coefficient, also called
+            # entropy temperature or alpha in the paper
+            if ent_coef_loss is not None and self.ent_coef_optimizer is not None:
+                self.ent_coef_optimizer.zero_grad()
+                ent_coef_loss.backward()
+                self.ent_coef_optimizer.step()
+
+            with th.no_grad():
+                # Select action according to policy
+                next_actions, next_log_prob = self.actor.action_log_prob(
+                    replay_data.next_observations
+                )
+                # Compute the next Q values: min over all critics targets
+                next_q_values = th.cat(
+                    self.critic_target(replay_data.next_observations, next_actions), dim=1
+                )
+                next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
+                # add entropy term
+                next_q_values = next_q_values - ent_coef * next_log_prob.reshape(-1, 1)
+                # td error + entropy term
+                target_q_values = (
+                    replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
+                )
+
+            # Get current Q-values estimates for each critic network
+            # using action from the replay buffer
+            current_q_values = self.critic(replay_data.observations, replay_data.actions)
+
+            # Compute critic loss
+            critic_loss = 0.5 * sum(
+                F.mse_loss(current_q, target_q_values) for current_q in current_q_values
+            )
+            assert isinstance(critic_loss, th.Tensor)  # for type checker
+            critic_losses.append(critic_loss.item())  # type: ignore[union-attr]
+
+            # Optimize the critic
+            self.critic.optimizer.zero_grad()
+            critic_loss.backward()
+            self.critic.optimizer.step()
+
+            # Compute actor loss
+            # Alternative: actor_loss = th.mean(log_prob - qf1_pi)
+            # Min over all critic networks
+            q_values_pi = th.cat(self.critic(replay_data.observations, actions_pi), dim=1)
+            min_qf_pi, _ = th.min(q_values_pi, dim=1, keepdim=True)
+            actor_loss = (ent_coef * log_prob - min_qf_pi).mean()
+            actor_losses.append(actor_loss.item())
+
+            # lbwrap: the barrier term (METHOD.md §3), through the current actor's actions
+            if barrier_active:
+                assert self.safety is not None
+                b_loss, b_metrics = barrier_actor_loss(
+                    self.safety, self._actor_actions, replay_data.observations,
+                    self.barrier_horizon, first_actions=actions_pi,
+                )
+                actor_loss = actor_loss + self.barrier_weight * b_loss.to(actor_loss.device)
+                barrier_metrics.append(b_metrics)
+
+            # Optimize the actor
+            self.actor.optimizer.zero_grad()
+            actor_loss.backward()
+            self.actor.optimizer.step()
+
+            # Update target networks
+            if gradient_step % self.target_update_interval == 0:
+                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
+                # Copy running stats, see GH issue #996
+                polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
+
+        self._n_updates += gradient_steps
+
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/ent_coef", np.mean(ent_coefs))
+        self.logger.record("train/actor_loss", np.mean(actor_losses))
+        self.logger.record("train/critic_loss", np.mean(critic_losses))
+        if len(ent_coef_losses) > 0:
+            self.logger.record("train/ent_coef_loss", np.mean(ent_coef_losses))
+        self.logger.record("train/barrier_active", float(barrier_active))
+        if barrier_metrics:
+            for key in barrier_metrics[0]:
+                values = [m[key] for m in barrier_metrics]
+                self.logger.record(f"train/{key}", float(np.mean(values)))

@@ -1,0 +1,191 @@
+"""VecEnv versions of lbwrap's wrappers: they run in the main process, next to the live model.
+
+SB3's ``SubprocVecEnv`` runs Gymnasium wrappers in worker processes, where a torch model is a copy
+that never learns. These wrappers sit *outside* the VecEnv (as ``VecNormalize`` does), so they use
+the one live :class:`~lbwrap.safety_model.LatentSafetyModel` for every env at once (batched).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from gymnasium import spaces
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+
+from lbwrap.latent_state import LatentState
+from lbwrap.latent_tracker import LatentTracker
+from lbwrap.safety_model import LatentSafetyModel, barrier_penalty, barrier_values, shield_decision
+
+__all__ = ["VecBarrierPenalty", "VecBarrierShield", "VecLatentObservation", "find_vec_latent"]
+
+
+class VecLatentObservation(VecEnvWrapper):
+    """Pixels -> latent features for all envs (float32 Box), with ``terminal_observation`` too.
+
+    Follows the info contract of :class:`lbwrap.wrappers.LatentObservation`: ``pixels`` (the
+    terminal frame at an episode's end), ``episode_start_pixels`` on each episode's first step,
+    ``executed_action``.
+    """
+
+    def __init__(self, venv: VecEnv, safety: LatentSafetyModel) -> None:
+        if not isinstance(safety, LatentSafetyModel):
+            raise TypeError(f"safety must be a LatentSafetyModel, got {type(safety).__name__}.")
+        safety.check_spaces(venv.observation_space, venv.action_space)
+        self.safety = safety
+        self.tracker = LatentTracker(safety.world_model, venv.num_envs)
+        dim = self.tracker.feature_dim
+        super().__init__(venv, observation_space=spaces.Box(-np.inf, np.inf, (dim,), np.float32))
+        shape = venv.observation_space.shape
+        self._channel_last = shape[-1] == 3 and shape[0] != 3
+        self._actions = np.zeros((venv.num_envs, safety.action_dim), np.float32)
+        self._episode_start: list[np.ndarray | None] = [None] * venv.num_envs
+        self.pre_reset_state: LatentState | None = None
+
+    @property
+    def latent_state(self) -> LatentState:
+        return self.tracker.state
+
+    def _chw(self, frames: np.ndarray) -> np.ndarray:
+        frames = np.asarray(frames)
+        if self._channel_last:
+            frames = frames.transpose(0, 3, 1, 2) if frames.ndim == 4 else frames.transpose(2, 0, 1)
+        return np.ascontiguousarray(frames)
+
+    def reset(self) -> np.ndarray:
+        frames = self._chw(self.venv.reset())
+        n = self.num_envs
+        feats = self.tracker.observe(frames, None, np.ones(n, bool))
+        self._episode_start = [frames[i] for i in range(n)]
+        self.reset_infos = [dict(info, pixels=frames[i]) for i, info in enumerate(self.venv.reset_infos)]
+        return feats
+
+    def step_async(self, actions: np.ndarray) -> None:
+        low, high = self.action_space.low, self.action_space.high
+        self._actions = np.clip(np.asarray(actions, np.float32).reshape(self.num_envs, -1), low, high)
+        self.venv.step_async(actions)
+
+    def step_wait(self):
+        frames, rewards, dones, infos = self.venv.step_wait()
+        frames = self._chw(frames)
+        dones = np.asarray(dones, bool)
+        step_frames = frames.copy()
+        for i in np.flatnonzero(dones):
+            step_frames[i] = self._chw(infos[i]["terminal_observation"])
+        feats = self.tracker.observe(step_frames, self._actions, np.zeros(self.num_envs, bool))
+        self.pre_reset_state = self.tracker.state
+        for i, info in enumerate(infos):
+            info["pixels"] = step_frames[i]
+            info["executed_action"] = self._actions[i].copy()
+            if self._episode_start[i] is not None:
+                info["episode_start_pixels"] = self._episode_start[i]
+                self._episode_start[i] = None
+        done_rows = np.flatnonzero(dones)
+        if done_rows.size:
+            for i in done_rows:
+                infos[i]["terminal_observation"] = feats[i].copy()
+                self._episode_start[i] = frames[i]
+            feats = self.tracker.observe(frames[done_rows], None, np.ones(done_rows.size, bool),
+                                         rows=done_rows)
+        return feats, rewards, dones, infos
+
+
+def find_vec_latent(venv: VecEnv) -> VecLatentObservation:
+    """The :class:`VecLatentObservation` inside ``venv``, or a clear error."""
+    current = venv
+    while isinstance(current, VecEnvWrapper):
+        if isinstance(current, VecLatentObservation):
+            return current
+        current = current.venv
+    raise ValueError(
+        "This wrapper needs a VecLatentObservation inside it: "
+        "VecBarrierShield(VecLatentObservation(vec_env, safety), safety)."
+    )
+
+
+class VecBarrierShield(VecEnvWrapper):
+    """Batched :class:`lbwrap.wrappers.BarrierShield` (same info keys, same readiness gate)."""
+
+    def __init__(self, venv: VecEnv, safety: LatentSafetyModel, intervention_penalty: float = 0.0) -> None:
+        self.latent = find_vec_latent(venv)
+        if self.latent.safety is not safety:
+            raise ValueError("VecBarrierShield and its VecLatentObservation must share one LatentSafetyModel.")
+        if intervention_penalty < 0:
+            raise ValueError(f"intervention_penalty must be >= 0, got {intervention_penalty}")
+        super().__init__(venv)
+        self.safety = safety
+        self.intervention_penalty = float(intervention_penalty)
+        self._decision = None
+        self._proposed: np.ndarray | None = None
+
+    def reset(self) -> np.ndarray:
+        return self.venv.reset()
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._proposed = np.asarray(actions, np.float32).reshape(self.num_envs, -1)
+        self._decision = shield_decision(self.safety, self.latent.latent_state, self._proposed)
+        self.venv.step_async(self._decision.executed)
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        d = self._decision
+        assert d is not None and self._proposed is not None
+        rewards = np.asarray(rewards, np.float32).copy()
+        for i, info in enumerate(infos):
+            intervened = bool(d.intervened[i])
+            info.update(
+                shield_active=d.active, shield_intervened=intervened,
+                proposed_action=self._proposed[i], executed_action=d.executed[i],
+                barrier_now=float(d.b_now[i]), barrier_next_proposed=float(d.b_next_proposed[i]),
+                barrier_next_executed=float(d.b_next_executed[i]),
+            )
+            if intervened and self.intervention_penalty > 0:
+                info.setdefault("env_reward", float(rewards[i]))
+                rewards[i] -= self.intervention_penalty
+        return obs, rewards, dones, infos
+
+
+class VecBarrierPenalty(VecEnvWrapper):
+    """Batched :class:`lbwrap.wrappers.BarrierPenalty` (same modes, same info keys)."""
+
+    def __init__(
+        self,
+        venv: VecEnv,
+        safety: LatentSafetyModel,
+        scale: float = 1.0,
+        mode: Literal["decrease", "margin"] = "decrease",
+        only_when_ready: bool = True,
+    ) -> None:
+        self.latent = find_vec_latent(venv)
+        if self.latent.safety is not safety:
+            raise ValueError("VecBarrierPenalty and its VecLatentObservation must share one LatentSafetyModel.")
+        if scale < 0 or mode not in ("decrease", "margin"):
+            raise ValueError(f"need scale >= 0 and mode in ('decrease', 'margin'), got {scale}, {mode!r}")
+        super().__init__(venv)
+        self.safety = safety
+        self.scale = float(scale)
+        self.mode = mode
+        self.only_when_ready = bool(only_when_ready)
+        self._b_prev = np.zeros(self.num_envs, np.float32)
+
+    def reset(self) -> np.ndarray:
+        obs = self.venv.reset()
+        self._b_prev = barrier_values(self.safety, self.latent.latent_state)
+        return obs
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        reached = self.latent.pre_reset_state
+        assert reached is not None
+        b_next = barrier_values(self.safety, reached)
+        active = self.safety.ready or not self.only_when_ready
+        penalty = barrier_penalty(self.safety, self._b_prev, b_next, np.zeros(self.num_envs, bool), self.mode)
+        if not active:
+            penalty = np.zeros_like(penalty)
+        rewards = np.asarray(rewards, np.float32).copy()
+        for i, info in enumerate(infos):
+            info.setdefault("env_reward", float(rewards[i]))
+            info.update(barrier_penalty=float(penalty[i]), barrier_value=float(b_next[i]))
+        rewards -= self.scale * penalty
+        self._b_prev = barrier_values(self.safety, self.latent.latent_state)
+        return obs, rewards, dones, infos

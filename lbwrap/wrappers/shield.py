@@ -1,0 +1,67 @@
+"""``BarrierShield``: replace unsafe actions with the closest action that keeps the barrier condition."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from lbwrap.safety_model import LatentSafetyModel, shield_decision
+from lbwrap.wrappers.latent import find_latent_observation
+
+__all__ = ["BarrierShield"]
+
+
+class BarrierShield(gym.Wrapper):
+    """Action reshaping with the learned barrier (put it outside a ``LatentObservation``).
+
+    For each proposed action the shield predicts the next latent with the world model's prior and
+    checks the barrier condition (``FilterConfig.condition``); if it fails, it executes the
+    closest candidate action that passes (or, if none does, the one with the largest predicted
+    B). It stays inactive — actions pass through, clipped to the box — until ``safety.ready``
+    (the barrier's balanced accuracy gate, see :mod:`lbwrap.safety_model`).
+
+    ``info`` gets ``shield_active``, ``shield_intervened``, ``proposed_action``,
+    ``executed_action``, ``barrier_now``, ``barrier_next_proposed``, ``barrier_next_executed``.
+    ``intervention_penalty > 0`` subtracts that amount from the reward of every step in which the
+    shield intervened (``info["env_reward"]`` keeps the env's own reward).
+    """
+
+    def __init__(self, env: gym.Env, safety: LatentSafetyModel, intervention_penalty: float = 0.0) -> None:
+        super().__init__(env)
+        self.latent = find_latent_observation(env)
+        if self.latent.safety is not safety:
+            raise ValueError(
+                "BarrierShield and the LatentObservation inside it must share one LatentSafetyModel."
+            )
+        if intervention_penalty < 0:
+            raise ValueError(f"intervention_penalty must be >= 0, got {intervention_penalty}")
+        self.safety = safety
+        self.intervention_penalty = float(intervention_penalty)
+
+    @property
+    def spec(self) -> None:  # type: ignore[override]
+        """``None``, as for :class:`~lbwrap.wrappers.LatentObservation` (holds a live model)."""
+        return None
+
+    def step(self, action: Any):
+        proposed = np.asarray(action, dtype=np.float32).reshape(1, -1)
+        decision = shield_decision(self.safety, self.latent.latent_state, proposed)
+        executed = decision.executed[0]
+        obs, reward, terminated, truncated, info = self.env.step(executed)
+        info = dict(info)
+        intervened = bool(decision.intervened[0])
+        info.update(
+            shield_active=decision.active,
+            shield_intervened=intervened,
+            proposed_action=proposed[0],
+            executed_action=executed,
+            barrier_now=float(decision.b_now[0]),
+            barrier_next_proposed=float(decision.b_next_proposed[0]),
+            barrier_next_executed=float(decision.b_next_executed[0]),
+        )
+        if intervened and self.intervention_penalty > 0:
+            info.setdefault("env_reward", float(reward))
+            reward = float(reward) - self.intervention_penalty
+        return obs, reward, terminated, truncated, info
