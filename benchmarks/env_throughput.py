@@ -118,7 +118,7 @@ def main(args: Args) -> None:
     overhead = (raw_best / adapted_best - 1.0) * 100.0
     machine = f"{platform.node() or 'unknown'} ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
     print(f"# env throughput, {date.today()}, {machine}, {args.size}x{args.size}, random actions")
-    print(f"| env | setting | processes | env steps/s |\n|---|---|---|---|")
+    print("| env | setting | processes | env steps/s |\n|---|---|---|---|")
     for env_id, setting, procs, sps in rows:
         print(f"| {env_id} | {setting} | {procs} | {sps:,.0f} |")
     print(f"\nmake_pixel_env overhead vs raw env time: {overhead:+.1f}% (budget: <= 5%)")

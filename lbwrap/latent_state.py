@@ -6,12 +6,13 @@ small :class:`LatentDynamics` protocol below, never on the world-model class its
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["LatentState", "LatentDynamics"]
+__all__ = ["LatentDynamics", "LatentState"]
 
 
 @dataclass
@@ -27,20 +28,20 @@ class LatentState:
     mean: torch.Tensor
     std: torch.Tensor
 
-    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "LatentState":
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> LatentState:
         """Apply ``fn`` to every tensor and return a new state."""
         return LatentState(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
 
-    def detach(self) -> "LatentState":
+    def detach(self) -> LatentState:
         return self.map(lambda t: t.detach())
 
-    def to(self, device: torch.device | str) -> "LatentState":
+    def to(self, device: torch.device | str) -> LatentState:
         return self.map(lambda t: t.to(device))
 
-    def __getitem__(self, index) -> "LatentState":
+    def __getitem__(self, index) -> LatentState:
         return self.map(lambda t: t[index])
 
-    def flatten(self, end_dim: int = 1) -> "LatentState":
+    def flatten(self, end_dim: int = 1) -> LatentState:
         """Merge leading dims ``0..end_dim`` (e.g. (B, T, D) -> (B*T, D))."""
         return self.map(lambda t: t.flatten(0, end_dim))
 
@@ -50,14 +51,14 @@ class LatentState:
         return torch.cat([self.deter, self.stoch], dim=-1)
 
     @staticmethod
-    def stack(states: list["LatentState"], dim: int = 1) -> "LatentState":
+    def stack(states: list[LatentState], dim: int = 1) -> LatentState:
         """Stack a list of states along a new dimension ``dim``."""
         return LatentState(
             **{f.name: torch.stack([getattr(s, f.name) for s in states], dim=dim) for f in fields(LatentState)}
         )
 
     @staticmethod
-    def where(mask: torch.Tensor, a: "LatentState", b: "LatentState") -> "LatentState":
+    def where(mask: torch.Tensor, a: LatentState, b: LatentState) -> LatentState:
         """Per-row choice: rows where ``mask`` (shape (B,)) is true come from ``a``, others from ``b``."""
         m = mask.reshape(-1, *([1] * (a.deter.dim() - 1))).bool()
         return LatentState(**{f.name: torch.where(m, getattr(a, f.name), getattr(b, f.name)) for f in fields(LatentState)})
