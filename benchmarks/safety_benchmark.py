@@ -1,0 +1,217 @@
+"""Safety benchmark: safety modes x seeds at one step budget, cumulative violations and evaluation.
+
+    python benchmarks/safety_benchmark.py                                  # PixelHazard, all modes
+    python benchmarks/safety_benchmark.py --modes none shield --seeds 0 1 2 --agent-steps 6000
+
+Every mode sees the same learned latent observations and co-trains its own safety model (see
+``lbwrap.sb3.recipes``); they differ only in how safety enters. Cumulative training violations
+count every violating *env* step (action repeat included), random warm-up included and also
+reported apart. Evaluation: deterministic episodes on held-out layouts (reset seeds >= 1e6).
+Writes ``<out>/runs.csv`` (one row per run), ``<out>/curves.csv`` and ``<out>/violations.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import multiprocessing as mp
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import tyro
+
+
+@dataclass
+class Args:
+    env_id: str = "lbwrap/PixelHazard-v0"
+    """Pixel env id (PixelHazard or a safety-gymnasium vision task)."""
+    level: int = 1
+    """PixelHazard level (0/1/2 hazards: none/8/16); ignored for other envs."""
+    size: int = 64
+    """Image side."""
+    action_repeat: int = 2
+    """Env steps per agent step."""
+    modes: list[str] = field(default_factory=lambda: ["none", "lagrangian", "penalty", "shield",
+                                                      "barrier", "barrier+shield"])
+    """Safety modes to compare (see lbwrap.sb3.recipes.MODES)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds per mode."""
+    agent_steps: int = 6000
+    """Agent steps per run (env steps = agent_steps * action_repeat)."""
+    learning_starts: int = 500
+    """Random-action warm-up of SAC, in agent steps."""
+    model_learning_starts: int = 500
+    """Env steps before the world model and barrier start training."""
+    train_every: int = 100
+    """Agent steps between safety-model training calls."""
+    updates_per_train: int = 10
+    """World-model + barrier updates per call."""
+    eval_episodes: int = 3
+    """Deterministic evaluation episodes (each on its own held-out layout)."""
+    max_episode_steps: int = 500
+    """PixelHazard episode length in env steps."""
+    workers: int = 2
+    """Runs in parallel (one process each, one torch thread each)."""
+    out: Path = Path("benchmarks/results/safety_pixelhazard")
+    """Output folder."""
+
+
+def make_env_fn(args: Args, seed: int):
+    def make():
+        import lbwrap
+
+        kwargs = {}
+        if args.env_id == lbwrap.PIXEL_HAZARD_ID:
+            kwargs = {"level": args.level, "max_episode_steps": args.max_episode_steps}
+        return lbwrap.make_pixel_env(args.env_id, size=args.size, action_repeat=args.action_repeat,
+                                     **kwargs)
+    return make
+
+
+def run_one(job: tuple[Args, str, int]) -> dict:
+    args, mode, seed = job
+    import lbwrap  # noqa: F401  (first: keeps gymnasium's plugin import quiet)
+    import torch
+
+    torch.set_num_threads(1)
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from lbwrap.eval import evaluate_agent
+    from lbwrap.sb3.recipes import AgentRecipe, build_safe_agent
+
+    recipe = AgentRecipe(
+        mode=mode, train_every=args.train_every, updates_per_train=args.updates_per_train,
+        model_learning_starts=args.model_learning_starts,
+        sac_kwargs={"learning_starts": args.learning_starts, "buffer_size": 200_000},
+    )
+    built = build_safe_agent([make_env_fn(args, seed)], recipe, seed=seed, device="cpu")
+    curve: list[tuple[int, int, float, float]] = []
+    warmup: dict[str, int] = {}
+
+    class Recorder(BaseCallback):
+        def _on_step(self) -> bool:
+            t = self.num_timesteps
+            cot = built.cotrain
+            if t == args.learning_starts:
+                warmup["violations"] = cot.cumulative_violations
+            if t % 100 == 0:
+                rate = cot.interventions / max(cot.shielded_steps, 1)
+                curve.append((t * args.action_repeat, cot.cumulative_violations,
+                              float(built.safety.ready), rate))
+            return True
+
+    start = time.perf_counter()
+    built.agent.learn(args.agent_steps, callback=built.callback(Recorder()))
+    train_s = time.perf_counter() - start
+    shield = mode in ("shield", "barrier+shield")
+    ev = evaluate_agent(built.agent, make_env_fn(args, seed), built.safety,
+                        episodes=args.eval_episodes, shield=shield).summary()
+    cot = built.cotrain
+    returns = [ep["r"] for ep in built.agent.ep_info_buffer] if built.agent.ep_info_buffer else []
+    m = cot.last_metrics
+    return {
+        "mode": mode, "seed": seed, "env_steps": args.agent_steps * args.action_repeat,
+        "cum_violations": cot.cumulative_violations,
+        "warmup_violations": warmup.get("violations", 0),
+        "train_ep_cost_mean": float(np.mean(cot.episode_costs)) if cot.episode_costs else float("nan"),
+        "eval_return": ev["return_mean"], "eval_return_std": ev["return_std"],
+        "eval_cost": ev["cost_mean"], "eval_violations": ev["violations_mean"],
+        "eval_interventions": ev["interventions_mean"],
+        "shield_intervention_rate": cot.interventions / max(cot.shielded_steps, 1),
+        "shield_active_steps": cot.shielded_steps,
+        "barrier_ready": float(built.safety.ready),
+        "barrier_accuracy_ema": float(built.safety.accuracy_ema),
+        "world_model_loss": m.get("world_model/loss", float("nan")),
+        "train_wall_s": train_s, "last_train_returns": float(np.mean(returns)) if returns else float("nan"),
+        "curve": curve,
+    }
+
+
+def summarise(rows: list[dict], args: Args) -> str:
+    lines = ["| mode | cum. violations (warm-up) | ratio vs none | eval return | eval cost | "
+             "shield active steps | barrier ready | wall s |", "|---|---|---|---|---|---|---|---|"]
+    by_mode: dict[str, list[dict]] = {}
+    for r in rows:
+        by_mode.setdefault(r["mode"], []).append(r)
+    base = np.mean([r["cum_violations"] for r in by_mode.get("none", [])]) if "none" in by_mode else None
+    for mode in args.modes:
+        rs = by_mode.get(mode, [])
+        if not rs:
+            continue
+        v = np.array([r["cum_violations"] for r in rs], float)
+        w = np.array([r["warmup_violations"] for r in rs], float)
+        ratio = f"{v.mean() / base:.2f}" if base else "-"
+        er = np.array([r["eval_return"] for r in rs])
+        ec = np.array([r["eval_cost"] for r in rs])
+        lines.append(
+            f"| {mode} | {v.mean():.0f} ± {v.std():.0f} ({w.mean():.0f}) | {ratio} | "
+            f"{er.mean():.2f} ± {er.std():.2f} | {ec.mean():.1f} ± {ec.std():.1f} | "
+            f"{np.mean([r['shield_active_steps'] for r in rs]):.0f} | "
+            f"{np.mean([r['barrier_ready'] for r in rs]):.2f} | "
+            f"{np.mean([r['train_wall_s'] for r in rs]):.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        curves = [np.array(r["curve"]) for r in rows if r["mode"] == mode and r["curve"]]
+        n = min(len(c) for c in curves)
+        steps = curves[0][:n, 0]
+        vals = np.stack([c[:n, 1] for c in curves])
+        ax.plot(steps, vals.mean(0), label=mode)
+        ax.fill_between(steps, vals.min(0), vals.max(0), alpha=0.2)
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("cumulative violating env steps")
+    ax.set_title("training violations (band: min-max over seeds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(args: Args) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    jobs = [(args, mode, seed) for mode in args.modes for seed in args.seeds]
+    start = time.perf_counter()
+    if args.workers > 1:
+        with mp.get_context("spawn").Pool(args.workers) as pool:
+            rows = pool.map(run_one, jobs, chunksize=1)
+    else:
+        rows = [run_one(job) for job in jobs]
+    wall = time.perf_counter() - start
+    machine = f"{platform.node()} ({os.cpu_count()} cores)"
+    header = (f"# safety benchmark {date.today()}, {machine}, {args.env_id} level {args.level}, "
+              f"{args.size}px, {args.agent_steps * args.action_repeat} env steps/run, "
+              f"{len(args.seeds)} seeds, {wall / 60:.1f} min total")
+    table = summarise(rows, args)
+    print(header)
+    print(table)
+    with open(args.out / "runs.csv", "w", newline="") as f:
+        keys = [k for k in rows[0] if k != "curve"]
+        writer = csv.DictWriter(f, fieldnames=["date", *keys])
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({"date": date.today(), **{k: r[k] for k in keys}})
+    with open(args.out / "curves.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["mode", "seed", "env_steps", "cum_violations", "barrier_ready", "intervention_rate"])
+        for r in rows:
+            for point in r["curve"]:
+                writer.writerow([r["mode"], r["seed"], *point])
+    (args.out / "summary.md").write_text(header + "\n\n" + table + "\n\nargs: " + str(
+        {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()}) + "\n")
+    plot(rows, args.out / "violations.png")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
