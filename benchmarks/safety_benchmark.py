@@ -74,8 +74,9 @@ def make_env_fn(args: Args, seed: int):
 
 def run_one(job: tuple[Args, str, int]) -> dict:
     args, mode, seed = job
-    import lbwrap  # noqa: F401  (first: keeps gymnasium's plugin import quiet)
     import torch
+
+    import lbwrap  # noqa: F401  (first: keeps gymnasium's plugin import quiet)
 
     torch.set_num_threads(1)
     from stable_baselines3.common.callbacks import BaseCallback
@@ -132,8 +133,8 @@ def run_one(job: tuple[Args, str, int]) -> dict:
 
 
 def summarise(rows: list[dict], args: Args) -> str:
-    lines = ["| mode | cum. violations (warm-up) | ratio vs none | eval return | eval cost | "
-             "shield active steps | barrier ready | wall s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [("| mode | cum. violations (warm-up) | ratio vs none | eval return | eval cost | "
+             "shield active steps | barrier ready | wall s |"), "|---|---|---|---|---|---|---|---|"]
     by_mode: dict[str, list[dict]] = {}
     for r in rows:
         by_mode.setdefault(r["mode"], []).append(r)

@@ -10,7 +10,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def snippet(marker: str) -> str:
     text = README.read_text()
-    match = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)```", text, re.S)
+    match = re.search(rf"<!-- {marker} -->\s*```python\n(.*?)```", text, re.DOTALL)
     assert match, f"README has no python block after <!-- {marker} -->"
     return match.group(1)
 
@@ -20,6 +20,6 @@ def test_quickstart_snippet_runs():
     assert "agent.learn(100_000" in code
     code = code.replace("agent.learn(100_000", "agent.learn(300")
     namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 (running the README is the test)
     callback_steps = namespace["agent"].num_timesteps
     assert callback_steps == 300

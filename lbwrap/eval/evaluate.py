@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -12,7 +12,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from lbwrap.safety_model import LatentSafetyModel
 from lbwrap.wrappers import BarrierShield, LatentObservation
 
-__all__ = ["EvalResult", "evaluate_agent", "EVAL_SEED_OFFSET"]
+__all__ = ["EVAL_SEED_OFFSET", "EvalResult", "evaluate_agent"]
 
 #: Evaluation layouts use reset seeds from here on; training envs are seeded below it.
 EVAL_SEED_OFFSET = 1_000_000

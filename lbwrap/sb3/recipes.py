@@ -13,8 +13,9 @@ differ only in how safety enters):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import gymnasium as gym
 from stable_baselines3 import SAC
