@@ -48,14 +48,6 @@ class TanhPolicy(nn.Module):
         return torch.tanh(self.lin(state.stoch))
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny nets: one intra-op thread avoids heavy thread contention on a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_state(stoch: torch.Tensor) -> LatentState:
     deter = torch.zeros(*stoch.shape[:-1], DETER)

@@ -33,14 +33,6 @@ class LinearDynamics:
         return LatentState(state.deter, stoch, stoch, torch.ones_like(stoch))
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny nets: one intra-op thread avoids heavy thread contention on a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def barrier() -> BarrierNet:
     net = BarrierNet(2, num_layers=0)

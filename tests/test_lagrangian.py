@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from stable_baselines3 import PPO, SAC, TD3
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import KVWriter, Logger
@@ -21,15 +20,6 @@ from lbwrap.sb3.lagrangian import (
     find_vec_lagrangian,
 )
 from lbwrap.wrappers import LatentObservation
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny nets: one intra-op thread avoids heavy thread contention on a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Recorder(KVWriter):

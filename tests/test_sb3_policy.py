@@ -33,14 +33,6 @@ TINY_WM = {"cnn_depth": 4, "deter_dim": 16, "stoch_dim": 4, "hidden_dim": 16,
 FEAT = TINY_WM["deter_dim"] + TINY_WM["stoch_dim"]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny nets: one intra-op thread avoids heavy thread contention on a shared 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def pixel_env(**kwargs) -> gym.Env:
     return lbwrap.make_pixel_env("lbwrap/PixelHazard-v0", size=32, max_episode_steps=40, **kwargs)

@@ -1,0 +1,164 @@
+"""examples/train_sac_shielded.py end to end (tiny model, PixelHazard at 32 px): outputs, resume,
+refusal of a mismatching checkpoint; and the report pieces it uses."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import tyro
+
+from lbwrap.eval import METRICS_COLUMNS, compose_video_frame, plot_run, read_metrics, truncate_metrics
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_sac_shielded.py"
+
+
+@pytest.fixture(scope="module")
+def example():
+    spec = importlib.util.spec_from_file_location("train_sac_shielded", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and tyro resolve annotations through it
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+
+
+def tiny_argv(out_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--env-id", "lbwrap/PixelHazard-v0", "--tiny", "--size", "32", "--max-episode-steps", "200",
+        "--total-env-steps", "600", "--learning-starts", "100", "--model-learning-starts", "100",
+        "--train-every", "50", "--updates-per-train", "2", "--batch-size", "32",
+        "--buffer-size", "2000", "--model-batch", "4", "--model-seq-len", "8",
+        "--metrics-every", "100", "--checkpoint-every", "400", "--eval-episodes", "2",
+        "--video-steps", "20", "--no-progress", "--out-dir", str(out_dir), *extra,
+    ]
+
+
+def run(example, argv: list[str]) -> dict:
+    return example.main(tyro.cli(example.Args, args=argv))
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_train_resume_and_refuse_mismatch(example, tmp_path):
+    from stable_baselines3 import SAC
+
+    from lbwrap.safety_model import LatentSafetyModel
+
+    out = tmp_path / "run"
+    summary = run(example, tiny_argv(out))
+
+    # outputs
+    for name in ("metrics.csv", "plot_return.png", "plot_cost.png", "plot_violations.png",
+                 "episode.gif", "agent.zip", "safety_model.pt", "run_config.json",
+                 "run_state.json", "summary.json", "report.md"):
+        assert (out / name).is_file(), name
+    assert any((out / "tb").rglob("events.out.tfevents*"))
+    with open(out / "metrics.csv", newline="") as f:
+        assert next(csv.reader(f)) == list(METRICS_COLUMNS)
+    m = read_metrics(out / "metrics.csv")
+    assert m["env_steps"][-1] == 600 and np.all(np.diff(m["env_steps"]) > 0)
+    assert m["cum_violations"][-1] == summary["train_violations"]
+    assert m["warmup_violations"][-1] <= m["cum_violations"][-1]
+    frames = imageio.mimread(out / "episode.gif")
+    assert len(frames) > 2 and frames[0].shape[1] > 2 * 32 * 3  # side by side, upscaled
+    assert SAC.load(out / "agent.zip").num_timesteps == 300
+    LatentSafetyModel.load(out / "safety_model.pt", device="cpu")
+    assert summary["agent_steps"] == 300 and summary["eval"]["episodes"] == 2
+
+    # a second plain start must not overwrite the run
+    before = digests(out)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run(example, tiny_argv(out))
+    assert digests(out) == before
+
+    # resume: the saved settings are reused, only the budget grows
+    resumed = run(example, ["--out-dir", str(out), "--resume", "--tiny", "--total-env-steps", "1000",
+                            "--no-progress", "--video-steps", "0", "--eval-episodes", "1"])
+    assert resumed["agent_steps"] == 500 and resumed["env_steps"] == 1000
+    assert SAC.load(out / "agent.zip").num_timesteps == 500
+    m2 = read_metrics(out / "metrics.csv")
+    assert len(m2["env_steps"]) > len(m["env_steps"]) and m2["env_steps"][-1] == 1000
+    np.testing.assert_array_equal(m2["env_steps"][: len(m["env_steps"])], m["env_steps"])
+    assert np.all(np.diff(m2["env_steps"]) > 0) and np.all(np.diff(m2["cum_violations"]) >= 0)
+    assert resumed["train_violations"] >= summary["train_violations"]
+
+    # a checkpoint that does not fit the request: clear error, nothing touched
+    before = digests(out)
+    with pytest.raises(example.RunMismatchError, match="size: checkpoint 32, now 64"):
+        run(example, ["--out-dir", str(out), "--resume", "--tiny", "--size", "64",
+                      "--total-env-steps", "2000", "--no-progress"])
+    with pytest.raises(example.RunMismatchError, match="mode"):
+        run(example, ["--out-dir", str(out), "--resume", "--tiny", "--mode", "barrier",
+                      "--no-progress"])
+    assert digests(out) == before
+
+    # --resume without a checkpoint
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        run(example, ["--out-dir", str(tmp_path / "empty"), "--resume", "--no-progress"])
+
+
+def test_presets_and_explicit_flags(example):
+    quick = example.resolve(example.Args())
+    assert quick["env_id"] == "SafetyPointGoal1Vision-v0" and quick["mode"] == "shield"
+    assert quick["world_model"] == "cpu" and quick["total_env_steps"] <= 20_000
+    assert quick["out_dir"] == Path("runs/SafetyPointGoal1Vision-v0-shield-0")
+    hazard = example.resolve(example.Args(env_id="lbwrap/PixelHazard-v0", seed=3))
+    assert hazard["total_env_steps"] >= quick["total_env_steps"]
+    assert hazard["out_dir"] == Path("runs/lbwrap-PixelHazard-v0-shield-3")
+    paper = example.resolve(example.Args(preset="paper", batch_size=64))
+    assert paper["total_env_steps"] == 1_000_000 and paper["world_model"] == "paper"
+    assert (paper["model_batch"], paper["model_seq_len"], paper["batch_size"]) == (32, 50, 64)
+    with pytest.raises(ValueError, match="total-env-steps"):
+        example.resolve(example.Args(total_env_steps=0))
+
+
+def test_truncate_metrics_and_plot(tmp_path):
+    path = tmp_path / "metrics.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(METRICS_COLUMNS)
+        for k in range(1, 6):
+            row = {c: 0 for c in METRICS_COLUMNS}
+            row.update(env_steps=100 * k, ep_return_mean=k, ep_cost_mean="nan", cum_violations=k,
+                       warmup_violations=min(k, 2), ready=int(k > 3))
+            writer.writerow([row[c] for c in METRICS_COLUMNS])
+    assert truncate_metrics(path, 300) == 2
+    assert truncate_metrics(path, 300) == 0
+    assert list(read_metrics(path)["env_steps"]) == [100, 200, 300]
+    pngs = plot_run(path, tmp_path / "p")
+    assert [p.name for p in pngs] == ["p_return.png", "p_cost.png", "p_violations.png"]
+    assert all(p.stat().st_size > 1000 for p in pngs)
+
+
+def test_compose_video_frame_marks_cost_and_negative_barrier():
+    cam = np.zeros((3, 16, 16), np.uint8)
+    rec = np.zeros((16, 16, 3), np.uint8)
+    b = np.array([0.5, 0.2, -0.4, -0.5, 0.1])
+    frame = compose_video_frame(cam, rec, b, [0, 0, 1, 0, 0], t=2, scale=4, strip_height=40)
+    assert frame.shape == (16 * 4 + 2 + 40, 16 * 4 * 2 + 4, 3) and frame.dtype == np.uint8
+    assert tuple(frame[0, 0]) == (230, 40, 40)  # cost at t=2: red border on the camera image
+    strip = frame[-40:]
+    red = np.all(strip == (230, 40, 40), axis=-1)
+    green = np.all(strip == (60, 200, 90), axis=-1)
+    assert red.any() and green.any()
+    assert red.nonzero()[0].min() > green.nonzero()[0].min()  # B < 0 drawn below B >= 0
+    quiet = compose_video_frame(cam, rec, b, [0, 0, 1, 0, 0], t=1, scale=4, strip_height=40)
+    assert tuple(quiet[0, 0]) == (0, 0, 0)
+
+
+@pytest.mark.slow
+def test_subproc_envs(example, tmp_path):
+    summary = run(example, tiny_argv(tmp_path / "sub", "--num-envs", "2", "--video-steps", "0",
+                                     "--eval-episodes", "1"))
+    assert summary["agent_steps"] >= 300
+    assert read_metrics(tmp_path / "sub" / "metrics.csv")["env_steps"][-1] == summary["env_steps"]
