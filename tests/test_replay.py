@@ -198,3 +198,35 @@ def test_save_load_roundtrip(tmp_path) -> None:
     with pytest.raises(ValueError, match="action_dim"):
         other.load_state_dict(buf.state_dict())
     assert [p.name for p in tmp_path.iterdir()] == ["replay.npz"]
+
+
+def test_partial_adds_with_env_ids() -> None:
+    """Streams written at different paces (``env_ids``) wrap independently."""
+    buf = SequenceReplay(3 * 12, OBS, A, num_envs=3, seed=6)
+    counters = [0, 0, 0]
+
+    def add(ids: list[int]) -> None:
+        n = len(ids)
+        steps = np.array([counters[i] for i in ids], dtype=np.float32)
+        action = np.stack([np.array(ids, np.float32), steps], axis=1)
+        buf.add(np.zeros((n,) + OBS, np.uint8), action, steps, np.zeros(n),
+                steps == 0, np.zeros(n, bool), env_ids=np.array(ids))
+        for i in ids:
+            counters[i] += 1
+
+    for step in range(30):
+        add([0, 1, 2] if step % 3 == 0 else [1] if step % 3 == 1 else [1, 2])
+    assert counters == [10, 30, 20]
+    assert len(buf) == 10 + 12 + 12 and buf.steps_per_env == 12
+    for _ in range(100):
+        batch = buf.sample(8, 10)
+        env = batch["action"][:, 0, 0].astype(int)
+        assert np.all(batch["action"][:, :, 0] == env[:, None])
+        assert np.all(np.diff(batch["reward"], axis=1) == 1)
+        for e, first_step, last_step in zip(env, batch["reward"][:, 0], batch["reward"][:, -1]):
+            assert first_step >= max(0, counters[e] - 12) and last_step <= counters[e] - 1
+    with pytest.raises(ValueError, match="env_ids"):
+        buf.add(np.zeros((2,) + OBS, np.uint8), np.zeros((2, A)), np.zeros(2), np.zeros(2),
+                np.zeros(2, bool), np.zeros(2, bool), env_ids=np.array([1, 1]))
+    with pytest.raises(ValueError, match="no env has 13 steps|per-env capacity"):
+        buf.sample(2, 13)

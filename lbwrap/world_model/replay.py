@@ -1,11 +1,12 @@
 """Sequence replay of pixel episodes from N parallel envs (uint8 frames, bounded memory).
 
-Each env has its own ring buffer of ``capacity // num_envs`` steps, all written together by
-:meth:`SequenceReplay.add`. Step ``t`` of a stream stores ``obs[t]``, the action that led into
-it (zeros at an episode's first step), the reward and cost received on arriving at it,
-``is_first`` and ``is_terminal`` (see :mod:`lbwrap.world_model.rssm`). Sampled windows are
-contiguous in one env's stream and never cross the ring's write head; a window may contain an
-episode start, which ``is_first`` marks (the model resets there).
+Each env has its own ring buffer of ``capacity // num_envs`` steps; :meth:`SequenceReplay.add`
+writes one step to every stream (or to the streams named by ``env_ids``). Step ``t`` of a
+stream stores ``obs[t]``, the action that led into it (zeros at an episode's first step), the
+reward and cost received on arriving at it, ``is_first`` and ``is_terminal`` (see
+:mod:`lbwrap.world_model.rssm`). Sampled windows are contiguous in one env's stream and never
+cross the ring's write head; a window may contain an episode start, which ``is_first`` marks
+(the model resets there).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ _FIELDS = ("obs", "action", "reward", "cost", "is_first", "is_terminal")
 
 
 class SequenceReplay:
-    """Ring-buffered sequence replay for ``num_envs`` synchronous env streams."""
+    """Ring-buffered sequence replay for ``num_envs`` env streams (one ring each)."""
 
     def __init__(
         self, capacity: int, obs_shape: tuple[int, ...], action_dim: int, num_envs: int = 1,
@@ -175,7 +176,8 @@ class SequenceReplay:
         n_cost = int(np.ceil(cost_fraction * batch_size - 1e-9)) if cost_fraction > 0 else 0
         if n_cost:
             self._cost_windows(env, start, n_cost, seq_len, cost_threshold)
-        idx = (self._oldest()[env][:, None] + start[:, None] + np.arange(seq_len)) % self.env_capacity
+        oldest = self._oldest()[env]
+        idx = (oldest[:, None] + start[:, None] + np.arange(seq_len)) % self.env_capacity
         rows = env[:, None]
         return {k: v[rows, idx] for k, v in self._data.items()}
 
