@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib.util
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,7 +15,14 @@ import numpy as np
 import pytest
 import tyro
 
-from lbwrap.eval import METRICS_COLUMNS, compose_video_frame, plot_run, read_metrics, truncate_metrics
+import lbwrap
+from lbwrap.eval import (
+    METRICS_COLUMNS,
+    compose_video_frame,
+    plot_run,
+    read_metrics,
+    truncate_metrics,
+)
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_sac_shielded.py"
 
@@ -101,6 +109,19 @@ def test_train_resume_and_refuse_mismatch(example, tmp_path):
         run(example, ["--out-dir", str(out), "--resume", "--tiny", "--mode", "barrier",
                       "--no-progress"])
     assert digests(out) == before
+
+    # a foreign safety model in the folder (other world-model sizes): refused, folder intact
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    foreign = LatentSafetyModel.for_env(
+        lbwrap.make_pixel_env("lbwrap/PixelHazard-v0", size=32), device="cpu", replay_capacity=1000,
+        world_model_overrides={**example.TINY_WORLD_MODEL, "stoch_dim": 6})
+    foreign.save(other / "safety_model.pt")
+    before = digests(other)
+    with pytest.raises(example.RunMismatchError, match="stoch_dim"):
+        run(example, ["--out-dir", str(other), "--resume", "--tiny", "--total-env-steps", "2000",
+                      "--no-progress"])
+    assert digests(other) == before
 
     # --resume without a checkpoint
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):

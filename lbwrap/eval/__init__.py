@@ -1,5 +1,27 @@
-"""Evaluation: deterministic episodes on held-out layouts, with the agent's own safety stack."""
+"""Evaluation: deterministic episodes on held-out layouts, with the agent's own safety stack, and
+run reports (metrics CSV, plots, an evaluation-episode GIF)."""
 
 from lbwrap.eval.evaluate import EvalResult, evaluate_agent
+from lbwrap.eval.report import (
+    METRICS_COLUMNS,
+    EpisodeVideo,
+    MetricsRecorder,
+    compose_video_frame,
+    plot_run,
+    read_metrics,
+    record_episode_video,
+    truncate_metrics,
+)
 
-__all__ = ["EvalResult", "evaluate_agent"]
+__all__ = [
+    "METRICS_COLUMNS",
+    "EpisodeVideo",
+    "EvalResult",
+    "MetricsRecorder",
+    "compose_video_frame",
+    "evaluate_agent",
+    "plot_run",
+    "read_metrics",
+    "record_episode_video",
+    "truncate_metrics",
+]

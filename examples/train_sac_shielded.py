@@ -1,0 +1,490 @@
+"""Train a (shielded) SAC agent from pixels, co-training the latent world model and barrier B(z).
+
+    python examples/train_sac_shielded.py                                  # SafetyPointGoal1Vision-v0
+    python examples/train_sac_shielded.py --env-id lbwrap/PixelHazard-v0   # fast numpy env
+    python examples/train_sac_shielded.py --preset paper --device cuda     # paper-sized run
+    python examples/train_sac_shielded.py --env-id lbwrap/PixelHazard-v0 --resume \\
+        --total-env-steps 100000                                           # continue a run
+
+The safety mode picks how B(z) enters (see ``lbwrap.sb3.recipes``): ``shield`` (default) replaces
+unsafe actions, ``barrier`` adds the paper's barrier term to the actor loss, ``penalty`` and
+``lagrangian`` reshape the reward, ``none`` is the plain baseline. All step counts are env steps
+(action repeat included, all envs together).
+
+Writes to ``--out-dir`` (default ``runs/<env>-<mode>-<seed>``): ``metrics.csv`` and
+``plot_{return,cost,violations}.png``, ``episode.gif`` (camera | world-model reconstruction, B(z)
+underneath), ``agent.zip`` and ``safety_model.pt`` (at the end and every ``--checkpoint-every`` env
+steps), ``run_config.json``, ``run_state.json``, ``summary.json``, ``report.md`` and TensorBoard logs
+in ``tb/``. ``--resume`` continues from that folder's checkpoint with the saved settings (flags
+given explicitly override them; the ones that define the model or env must match).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import torch
+import tyro
+
+import lbwrap
+
+Mode = Literal["none", "shield", "penalty", "lagrangian", "barrier", "barrier+shield"]
+
+DEFAULT_ENV_ID = "SafetyPointGoal1Vision-v0"
+DEFAULT_MODE = "shield"
+
+
+@dataclass
+class Args:
+    env_id: str | None = None
+    """Pixel env id: a safety-gymnasium vision task or lbwrap/PixelHazard-v0 (default
+    SafetyPointGoal1Vision-v0; with --resume, the saved run's)."""
+    mode: Mode | None = None
+    """How safety enters (lbwrap.sb3.recipes.MODES; default shield)."""
+    preset: Literal["quick", "paper"] | None = None
+    """Defaults for the fields left unset (default quick): `quick` finishes on a 2-core CPU in
+    under ~12 minutes including evaluation and report; `paper` is the paper's budget (1M env
+    steps, paper-size world model, world-model batches of 32 sequences x 50 steps)."""
+    total_env_steps: int | None = None
+    """Env steps to train for, in total, resumed runs included (quick: 16000 on PixelHazard,
+    14000 on other envs; paper: 1000000)."""
+    action_repeat: int | None = None
+    """Env steps per agent step (preset: 2)."""
+    size: int | None = None
+    """Camera image side in pixels, 32 or 64 (preset: 64)."""
+    level: int | None = None
+    """PixelHazard level, 0/1/2 = 0/8/16 hazards (default 1; PixelHazard only)."""
+    max_episode_steps: int | None = None
+    """PixelHazard episode length in env steps (default the env's, 500; PixelHazard only)."""
+    learning_starts: int | None = None
+    """Random-action warm-up of SAC, in env steps (quick 1000, paper 5000)."""
+    batch_size: int | None = None
+    """SAC minibatch size (256)."""
+    buffer_size: int | None = None
+    """SAC replay capacity, in agent transitions (quick 100000, paper 500000)."""
+    train_every: int | None = None
+    """Env steps between safety-model (world model + barrier) training calls (quick 200,
+    paper 1000)."""
+    updates_per_train: int | None = None
+    """World-model + barrier updates per training call (quick 10, paper 100)."""
+    model_learning_starts: int | None = None
+    """Env steps collected before the safety model's first update (quick 1000, paper 5000)."""
+    model_batch: int | None = None
+    """World-model batch: sequences per update (quick 16, paper 32)."""
+    model_seq_len: int | None = None
+    """World-model batch: steps per sequence (quick 32, paper 50)."""
+    device: str = "auto"
+    """Torch device for the agent and the safety model (auto: CUDA if available)."""
+    seed: int | None = None
+    """Seed of layouts, networks and replay sampling (default 0)."""
+    num_envs: int | None = None
+    """Parallel envs; > 1 runs them in SubprocVecEnv workers (default 1)."""
+    out_dir: Path | None = None
+    """Output folder (default runs/<env>-<mode>-<seed>)."""
+    eval_episodes: int | None = None
+    """Deterministic evaluation episodes after training, each on its own held-out layout
+    (quick: 5 on PixelHazard, 3 on other envs; paper 10)."""
+    checkpoint_every: int | None = None
+    """Env steps between checkpoints (agent.zip, safety_model.pt); 0: only at the end
+    (quick 10000, paper 50000)."""
+    metrics_every: int | None = None
+    """Env steps between metrics.csv rows (quick 1000, paper 5000)."""
+    save_replay: bool = False
+    """Also save the replays (the safety model's pixel replay inside safety_model.pt, SAC's in
+    sac_replay.pkl), so a resumed run trains on the data collected so far."""
+    resume: bool = False
+    """Continue the run in --out-dir from its checkpoint, up to --total-env-steps."""
+    video_steps: int = 200
+    """Agent steps of the evaluation episode recorded in episode.gif (0: no GIF)."""
+    threads: int = 1
+    """torch CPU threads (1 suits small models on shared CPUs)."""
+    progress: bool = True
+    """Show SB3's progress bar."""
+    tiny: bool = False
+    """Test-sized model: a tiny world model, barrier and SAC networks, and a readiness gate that
+    opens after 10 barrier updates (so that short runs exercise the shield). For tests only."""
+
+
+# ------------------------------------------------------------------------------------ presets
+# Step counts in env steps. The "quick" budgets were measured on a shared 2-core CPU (one torch
+# thread, load average 2.5-4): ~33-37 s per 1000 env steps of training on either env (world-model
+# updates and SAC dominate; MuJoCo rendering adds ~10 s), plus ~5 s (PixelHazard) or ~60 s
+# (SafetyPointGoal1Vision) of evaluation, GIF and plots. PixelHazard 20k env steps took 671 s in
+# all, SafetyPointGoal1Vision 12k took 455 s; the budgets below leave >= 25 % of 15 minutes spare
+# (the shield, once the barrier is ready, adds a filter call per step).
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "size": 64, "action_repeat": 2, "learning_starts": 1000, "batch_size": 256,
+        "buffer_size": 100_000, "train_every": 200, "updates_per_train": 10,
+        "model_learning_starts": 1000, "model_batch": 16, "model_seq_len": 32,
+        "checkpoint_every": 10_000, "metrics_every": 1000, "world_model": "cpu",
+    },
+    "paper": {
+        "total_env_steps": 1_000_000, "size": 64, "action_repeat": 2, "learning_starts": 5000,
+        "batch_size": 256, "buffer_size": 500_000, "train_every": 1000, "updates_per_train": 100,
+        "model_learning_starts": 5000, "model_batch": 32, "model_seq_len": 50,
+        "eval_episodes": 10, "checkpoint_every": 50_000, "metrics_every": 5000,
+        "world_model": "paper",
+    },
+}
+#: quick-preset budgets per env (total env steps, evaluation episodes); others get the slow one.
+QUICK_BUDGET: dict[str, tuple[int, int]] = {
+    lbwrap.PIXEL_HAZARD_ID: (16_000, 5),
+    "slow": (14_000, 3),
+}
+#: Settings that define the model or the env: a resumed run must keep them.
+IDENTITY = ("env_id", "mode", "size", "action_repeat", "level", "max_episode_steps", "num_envs",
+            "tiny", "world_model")
+TINY_WORLD_MODEL = {"cnn_depth": 4, "deter_dim": 16, "stoch_dim": 4, "hidden_dim": 16,
+                    "head_hidden_dim": 16}
+
+
+class RunMismatchError(ValueError):
+    """--resume asked for a run that the checkpoint in --out-dir does not match."""
+
+
+def _is_hazard(env_id: str) -> bool:
+    return env_id == lbwrap.PIXEL_HAZARD_ID
+
+
+def resolve(args: Args, saved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fill every unset field: explicit flag > saved run (``--resume``) > preset > default."""
+    explicit = {k: v for k, v in dataclasses.asdict(args).items() if v is not None}
+    base = dict(saved or {})
+    preset = explicit.get("preset", base.get("preset", "quick"))
+    env_id = explicit.get("env_id", base.get("env_id", DEFAULT_ENV_ID))
+    defaults: dict[str, Any] = dict(PRESETS[preset])
+    if preset == "quick":
+        steps, episodes = QUICK_BUDGET.get(env_id, QUICK_BUDGET["slow"])
+        defaults.update(total_env_steps=steps, eval_episodes=episodes)
+    defaults.update(preset=preset, env_id=env_id, mode=DEFAULT_MODE, seed=0, num_envs=1,
+                    level=1 if _is_hazard(env_id) else None, max_episode_steps=None)
+    cfg = {**defaults, **base, **explicit}
+    if not saved or "preset" in explicit:
+        cfg["world_model"] = PRESETS[preset]["world_model"]
+    if cfg.get("out_dir") is None:
+        cfg["out_dir"] = Path("runs") / f"{env_id.replace('/', '-')}-{cfg['mode']}-{cfg['seed']}"
+    cfg["out_dir"] = Path(cfg["out_dir"])
+    for name in ("total_env_steps", "action_repeat", "train_every", "updates_per_train",
+                 "metrics_every", "batch_size", "buffer_size", "model_batch", "model_seq_len",
+                 "num_envs"):
+        if int(cfg[name]) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {cfg[name]}")
+    if cfg["mode"] not in get_args(Mode):
+        raise ValueError(f"--mode must be one of {get_args(Mode)}, got {cfg['mode']!r}")
+    return cfg
+
+
+def check_identity(cfg: dict[str, Any], saved: dict[str, Any], out_dir: Path) -> None:
+    """Raise :class:`RunMismatchError` naming every setting that differs from the saved run."""
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, now {cfg.get(k)!r}" for k in IDENTITY
+             if saved.get(k) != cfg.get(k)]
+    if diffs:
+        raise RunMismatchError(
+            f"Cannot resume {out_dir}: its checkpoint was trained with other settings ("
+            + "; ".join(diffs) + "). Drop those flags to continue it as saved, or pick another "
+            "--out-dir for a new run. Nothing in the folder was changed."
+        )
+
+
+# ------------------------------------------------------------------------------------ building
+def env_factory(cfg: dict[str, Any]) -> functools.partial:
+    """A picklable ``() -> env`` (SubprocVecEnv workers rebuild the env from it)."""
+    kwargs: dict[str, Any] = {}
+    if _is_hazard(cfg["env_id"]):
+        kwargs["level"] = cfg["level"]
+        if cfg["max_episode_steps"] is not None:
+            kwargs["max_episode_steps"] = cfg["max_episode_steps"]
+    return functools.partial(lbwrap.make_pixel_env, cfg["env_id"], size=cfg["size"],
+                             action_repeat=cfg["action_repeat"], **kwargs)
+
+
+def agent_steps(cfg: dict[str, Any], env_steps: int) -> int:
+    """Env steps -> SB3 timesteps (agent steps, all envs together), rounded up."""
+    return math.ceil(env_steps / cfg["action_repeat"])
+
+
+def safety_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Arguments of ``LatentSafetyModel.for_env`` for this run."""
+    kwargs: dict[str, Any] = {"preset": cfg["world_model"], "batch_size": cfg["model_batch"],
+                              "seq_len": cfg["model_seq_len"]}
+    if cfg["tiny"]:
+        kwargs.update(world_model_overrides=TINY_WORLD_MODEL, replay_capacity=20_000,
+                      barrier=lbwrap.BarrierConfig(hidden_dim=16, imagine_starts=16,
+                                                   imagine_horizon=3),
+                      ready_min_updates=10, ready_min_unsafe=1, ready_accuracy=0.0)
+    return kwargs
+
+
+def build(cfg: dict[str, Any]):
+    """The env stack, safety model, agent and callbacks (``lbwrap.sb3.recipes``)."""
+    from lbwrap.sb3.recipes import AgentRecipe, build_safe_agent
+
+    sac_kwargs: dict[str, Any] = {
+        "learning_starts": agent_steps(cfg, cfg["learning_starts"]),
+        "batch_size": cfg["batch_size"], "buffer_size": cfg["buffer_size"],
+    }
+    if cfg["tiny"]:
+        sac_kwargs["policy_kwargs"] = {"net_arch": [32, 32]}
+    recipe = AgentRecipe(
+        mode=cfg["mode"], num_envs=cfg["num_envs"], subproc=cfg["num_envs"] > 1,
+        sac_kwargs=sac_kwargs, train_every=max(1, agent_steps(cfg, cfg["train_every"])),
+        updates_per_train=cfg["updates_per_train"],
+        model_learning_starts=agent_steps(cfg, cfg["model_learning_starts"]),
+    )
+    fns = [env_factory(cfg) for _ in range(cfg["num_envs"])]
+    return build_safe_agent(fns, recipe, seed=cfg["seed"], device=cfg["device"],
+                            safety_kwargs=safety_kwargs(cfg),
+                            tensorboard_log=str(cfg["out_dir"] / "tb"))
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def save_checkpoint(out_dir: Path, built: Any, recorder: Any, include_replay: bool) -> None:
+    """Write safety_model.pt, agent.zip (and the replays), then run_state.json, each atomically."""
+    built.safety.save(out_dir / "safety_model.pt", include_replay=include_replay)
+    tmp = out_dir / ".agent.tmp.zip"
+    built.agent.save(tmp)
+    os.replace(tmp, out_dir / "agent.zip")
+    if include_replay:
+        tmp = out_dir / ".sac_replay.tmp.pkl"
+        built.agent.save_replay_buffer(tmp)
+        os.replace(tmp, out_dir / "sac_replay.pkl")
+    cot = built.cotrain
+    _write_json(out_dir / "run_state.json", {
+        "agent_steps": int(built.agent.num_timesteps),
+        "env_steps": int(recorder.env_steps),
+        "recorder": recorder.state_dict(),
+        "cotrain": {"cumulative_violations": cot.cumulative_violations,
+                    "cumulative_cost": cot.cumulative_cost, "interventions": cot.interventions,
+                    "shielded_steps": cot.shielded_steps},
+    })
+
+
+def make_checkpoint_callback(every: int, save: Any):
+    """An SB3 callback calling ``save()`` every ``every`` timesteps."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class Checkpoint(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.last = 0
+
+        def _on_training_start(self) -> None:
+            self.last = self.num_timesteps
+
+        def _on_step(self) -> bool:
+            if every > 0 and self.num_timesteps - self.last >= every:
+                self.last = self.num_timesteps
+                save()
+            return True
+
+    return Checkpoint()
+
+
+def load_checkpoint(cfg: dict[str, Any], built: Any) -> dict[str, Any]:
+    """Load safety_model.pt and agent.zip from ``out_dir`` into ``built``; returns run_state."""
+    from stable_baselines3 import SAC
+
+    from lbwrap.safety_model import IncompatibleCheckpointError
+    from lbwrap.sb3 import BarrierSAC
+
+    out_dir: Path = cfg["out_dir"]
+    try:
+        built.safety.load_checkpoint(out_dir / "safety_model.pt")
+    except (IncompatibleCheckpointError, RuntimeError) as exc:
+        raise RunMismatchError(f"Cannot resume {out_dir}: {exc}") from exc
+    cls = BarrierSAC if cfg["mode"] in ("barrier", "barrier+shield") else SAC
+    try:
+        agent = cls.load(out_dir / "agent.zip", env=built.env, device=cfg["device"],
+                         tensorboard_log=str(out_dir / "tb"),
+                         learning_starts=agent_steps(cfg, cfg["learning_starts"]),
+                         batch_size=cfg["batch_size"], buffer_size=cfg["buffer_size"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise RunMismatchError(f"Cannot resume {out_dir}: agent.zip does not fit ({exc})") from exc
+    if (out_dir / "sac_replay.pkl").exists():
+        agent.load_replay_buffer(out_dir / "sac_replay.pkl")
+    built.agent = agent
+    state = json.loads((out_dir / "run_state.json").read_text())
+    for key, value in state.get("cotrain", {}).items():
+        setattr(built.cotrain, key, value)
+    return state
+
+
+# ------------------------------------------------------------------------------------ main
+def _ms(summary: dict[str, float], key: str, fmt: str = ".2f") -> str:
+    return f"{summary[key + '_mean']:{fmt}} +- {summary[key + '_std']:{fmt}}"
+
+
+def main(args: Args) -> dict[str, Any]:
+    """Train, checkpoint, evaluate and report; returns the summary that is printed."""
+    from lbwrap.eval import (
+        MetricsRecorder,
+        evaluate_agent,
+        plot_run,
+        record_episode_video,
+        truncate_metrics,
+    )
+    from lbwrap.eval.evaluate import EVAL_SEED_OFFSET  # the recorded episode: first eval layout
+
+    torch.set_num_threads(max(1, args.threads))
+    start = time.perf_counter()
+    saved: dict[str, Any] | None = None
+    if args.resume:
+        probe = resolve(args)  # only to find the folder
+        out_dir = probe["out_dir"]
+        needed = ("run_config.json", "agent.zip", "safety_model.pt", "run_state.json")
+        missing = [n for n in needed if not (out_dir / n).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"--resume: {out_dir} holds no complete checkpoint (missing {', '.join(missing)}). "
+                "Start the run without --resume, or pass the --out-dir of an earlier run."
+            )
+        saved = json.loads((out_dir / "run_config.json").read_text())
+        cfg = resolve(args, saved)
+        check_identity(cfg, saved, out_dir)
+    else:
+        cfg = resolve(args)
+        out_dir = cfg["out_dir"]
+        taken = [n for n in ("agent.zip", "safety_model.pt") if (out_dir / n).exists()]
+        if taken:
+            raise FileExistsError(
+                f"{out_dir} already holds a run ({', '.join(taken)}): pass --resume to continue "
+                "it, or choose another --out-dir (or delete the folder)."
+            )
+    out_dir = cfg["out_dir"]
+
+    built = build(cfg)
+    state: dict[str, Any] = {}
+    if args.resume:
+        try:
+            state = load_checkpoint(cfg, built)
+        except Exception:
+            built.env.close()
+            raise
+    # nothing in out_dir was written before this point
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(out_dir / "run_config.json", {k: v for k, v in cfg.items() if k != "out_dir"})
+    metrics_csv = out_dir / "metrics.csv"
+    agent = built.agent
+    ar = cfg["action_repeat"]
+    if args.resume:
+        truncate_metrics(metrics_csv, agent.num_timesteps * ar)
+        built.env.seed(cfg["seed"] + int(agent.num_timesteps))  # fresh layouts, reproducibly
+    recorder = MetricsRecorder(metrics_csv, built.safety, every=cfg["metrics_every"],
+                               env_steps_per_step=ar, warmup_timesteps=agent.learning_starts,
+                               cotrain=built.cotrain, append=args.resume)
+    if state:
+        recorder.load_state_dict(state.get("recorder", {}))
+
+    def save() -> None:
+        save_checkpoint(out_dir, built, recorder, cfg["save_replay"])
+
+    checkpoint = make_checkpoint_callback(agent_steps(cfg, cfg["checkpoint_every"]), save)
+    target = agent_steps(cfg, cfg["total_env_steps"])
+    remaining = target - int(agent.num_timesteps)
+    print(f"{cfg['env_id']} | mode {cfg['mode']} | preset {cfg['preset']} | "
+          f"{cfg['total_env_steps']} env steps ({'resuming at ' + str(agent.num_timesteps * ar) if args.resume else 'new run'})"
+          f" | out {out_dir}")
+    interrupted = False
+    if remaining > 0:
+        try:
+            agent.learn(remaining, callback=built.callback(recorder, checkpoint),
+                        progress_bar=cfg["progress"], reset_num_timesteps=not args.resume,
+                        tb_log_name="sac")
+        except KeyboardInterrupt:
+            interrupted = True
+        save()
+    train_s = time.perf_counter() - start
+
+    # ---------------------------------------------------------------- evaluation and report
+    make_env = env_factory(cfg)
+    shield = cfg["mode"] in ("shield", "barrier+shield")
+    ev = evaluate_agent(agent, make_env, built.safety, episodes=cfg["eval_episodes"],
+                        shield=shield).summary() if cfg["eval_episodes"] > 0 and not interrupted else {}
+    pngs = [str(p) for p in plot_run(metrics_csv, out_dir / "plot")]
+    video = None
+    if args.video_steps > 0 and not interrupted:
+        video = record_episode_video(agent, make_env, built.safety, out_dir / "episode.gif",
+                                     shield=shield, seed=EVAL_SEED_OFFSET, max_steps=args.video_steps)
+    built.env.close()
+    wall = time.perf_counter() - start
+    summary: dict[str, Any] = {
+        "env_id": cfg["env_id"], "mode": cfg["mode"], "preset": cfg["preset"], "seed": cfg["seed"],
+        "env_steps": int(agent.num_timesteps) * ar, "agent_steps": int(agent.num_timesteps),
+        "train_violations": recorder.cum_violations,
+        "warmup_violations": recorder.warmup_violations,
+        "shield_interventions": recorder.interventions,
+        "shield_active_steps": recorder.shield_active_steps,
+        "barrier_ready": bool(built.safety.ready),
+        "barrier_accuracy_ema": float(built.safety.accuracy_ema),
+        "eval": ev, "interrupted": interrupted,
+        "wall_s_session": wall, "train_wall_s_session": train_s,
+        "train_wall_s_total": recorder.wall_s,
+        "out_dir": str(out_dir), "plots": pngs,
+        "video": str(video.path) if video else None,
+    }
+    _write_json(out_dir / "summary.json", summary)
+    report = write_report(out_dir, summary)
+    summary["report"] = str(report)
+    print_summary(summary)
+    return summary
+
+
+def write_report(out_dir: Path, s: dict[str, Any]) -> Path:
+    """A short Markdown report next to the plots and the GIF."""
+    ev = s["eval"]
+    lines = [
+        f"# {s['env_id']} — {s['mode']} (preset {s['preset']}, seed {s['seed']})", "",
+        f"* env steps: {s['env_steps']}",
+        (f"* training violations (violating env steps): {s['train_violations']} "
+        f"(random warm-up: {s['warmup_violations']})"),
+        (f"* shield: active {s['shield_active_steps']} steps, {s['shield_interventions']} interventions;"
+        f" barrier ready: {s['barrier_ready']} (accuracy EMA {s['barrier_accuracy_ema']:.3f})"),
+    ]
+    if ev:
+        lines.append(f"* evaluation ({ev['episodes']} held-out layouts): return {_ms(ev, 'return')}, "
+                     f"cost {_ms(ev, 'cost', '.1f')}, violations {_ms(ev, 'violations', '.1f')}")
+    lines += [f"* training wall time: {s['train_wall_s_total']:.0f} s", "",
+              "![return](plot_return.png) ![cost](plot_cost.png) ![violations](plot_violations.png)"]
+    if s["video"]:
+        lines += ["", "![episode](episode.gif)"]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    ev = s["eval"]
+    print("\n=== summary ===")
+    print(f"{s['env_id']} | {s['mode']} | {s['env_steps']} env steps"
+          + (" (interrupted: resume with --resume)" if s["interrupted"] else ""))
+    print(f"training violations: {s['train_violations']} violating env steps "
+          f"({s['warmup_violations']} during random warm-up)")
+    print(f"shield: active {s['shield_active_steps']} steps, {s['shield_interventions']} "
+          f"interventions | barrier ready: {s['barrier_ready']} "
+          f"(accuracy EMA {s['barrier_accuracy_ema']:.3f})")
+    if ev:
+        print(f"evaluation over {ev['episodes']} held-out layouts: return {_ms(ev, 'return')} | "
+              f"cost {_ms(ev, 'cost', '.1f')} | violations {_ms(ev, 'violations', '.1f')}")
+    print(f"wall time: {s['wall_s_session']:.0f} s this session "
+          f"(training {s['train_wall_s_total']:.0f} s over all sessions)")
+    print(f"report: {s['report']} (metrics.csv, plot_*.png"
+          + (", episode.gif" if s["video"] else "") + f" in {s['out_dir']})")
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
