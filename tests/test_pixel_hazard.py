@@ -202,7 +202,7 @@ def test_reward_for_progress_and_goal_bonus() -> None:
 
 
 def test_robot_visible_and_moves_topdown() -> None:
-    env = PixelHazardEnv(level=0, size=64, render_mode="rgb_array")
+    env = PixelHazardEnv(level=0, size=64, render_mode="rgb_array", view="topdown")
     env.reset(seed=2)
     env.robot_pos = [0.0, 0.0]
     obs = env.render()
@@ -221,7 +221,7 @@ def test_robot_visible_and_moves_topdown() -> None:
 
 @pytest.mark.parametrize("size", [16, 32, 64, 100])
 def test_hazards_goal_robot_drawn_topdown(size: int) -> None:
-    env = PixelHazardEnv(level=2, size=size)
+    env = PixelHazardEnv(level=2, size=size, view="topdown")
     for seed in range(5):
         obs, _ = env.reset(seed=seed)
         for h in env.hazards:

@@ -42,17 +42,22 @@ Observation
     arena. Disks are rasterised by pixel centres (hard edges, no anti-aliasing); any disk is drawn
     with a radius of at least ``0.75`` pixel so that it always covers at least one pixel.
 
-    ``view="topdown"`` (default)
+    ``view="topdown"``
         A fixed camera that shows exactly the whole arena, like a map: the image covers
         ``[-arena_half, arena_half]^2``, i.e. ``size / (2 * arena_half)`` pixels per world unit
         (64 px -> 21.3 px/unit: robot radius ~2.1 px, hazard radius ~5.3 px, goal radius ~6.4 px).
         Row 0 is the top of the arena (largest ``y``), column 0 its left side (smallest ``x``).
-    ``view="egocentric"``
-        An axis-aligned window of half-width ``view_radius`` (default 1.0) that follows the
+    ``view="egocentric"`` (default)
+        Like Safety Gym's robot-mounted camera, an axis-aligned window of half-width ``view_radius`` (default 1.0) that follows the
         robot: ``size / (2 * view_radius)`` pixels per world unit (64 px -> 32 px/unit). Whatever
         lies outside the arena is drawn in the wall colour. The window is snapped to the pixel
         grid of a world-fixed raster, so the robot appears within half a pixel of the image centre
         and every object is rasterised exactly as in the world frame (no resampling jitter).
+        The default because it mirrors Safety Gym's camera and because "robot inside a hazard"
+        is then a fixed region of the image: measured on random-policy data (level 2, CPU preset
+        world model), the barrier's held-out balanced accuracy reached 0.90 after 100 updates,
+        while with the top-down map it stayed near chance for hundreds of updates
+        (``benchmarks/core_speed.py``).
 
 Performance
     Pixel-centre coordinates are precomputed once; the static layer (floor, walls, hazards, goal)
@@ -135,7 +140,7 @@ class PixelHazardConfig:
     level: int = 1
     num_hazards: int | None = None
     size: int = 64
-    view: str = "topdown"
+    view: str = "egocentric"
     view_radius: float = 1.0
     arena_half: float = 1.5
     robot_radius: float = 0.1
