@@ -322,28 +322,11 @@ def write_timing(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------- part B
-@torch.no_grad()
 def heldout_accuracy(safety, episodes) -> dict[str, float]:
     """Balanced accuracy of sign(B) on posterior means of the held-out episodes."""
-    kappa = safety.config.barrier.kappa
-    was_training = safety.training
-    safety.eval()
-    values, costs = [], []
-    for ep in episodes:
-        posts, _ = safety.world_model.observe(
-            torch.as_tensor(ep["obs"])[None], torch.as_tensor(ep["action"])[None],
-            torch.as_tensor(ep["is_first"])[None], sample=False,
-        )
-        values.append(safety.barrier.value(posts)[0].float().cpu().numpy())
-        costs.append(ep["cost"])
-    safety.train(was_training)
-    b, cost = np.concatenate(values), np.concatenate(costs)
-    safe, unsafe = cost < kappa, cost > kappa
-    acc_safe = float((b[safe] >= 0).mean()) if safe.any() else float("nan")
-    acc_unsafe = float((b[unsafe] < 0).mean()) if unsafe.any() else float("nan")
-    return {"heldout_balanced_accuracy": (acc_safe + acc_unsafe) / 2,
-            "heldout_safe_accuracy": acc_safe, "heldout_unsafe_accuracy": acc_unsafe,
-            "heldout_n_safe": int(safe.sum()), "heldout_n_unsafe": int(unsafe.sum())}
+    from lbwrap.eval.barrier_accuracy import heldout_barrier_accuracy
+
+    return heldout_barrier_accuracy(safety, episodes)
 
 
 def run_learning(kind: str, args: Args) -> list[dict[str, Any]]:

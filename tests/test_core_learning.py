@@ -27,6 +27,7 @@ import torch
 
 import lbwrap
 from lbwrap.barrier import BarrierConfig
+from lbwrap.eval.barrier_accuracy import heldout_barrier_accuracy
 from lbwrap.safety_model import LatentSafetyModel
 
 SMALL_WORLD_MODEL = {"cnn_depth": 8, "deter_dim": 32, "stoch_dim": 8, "hidden_dim": 32,
@@ -84,24 +85,11 @@ def fill_replay(safety: LatentSafetyModel, episodes) -> None:
 @torch.no_grad()
 def heldout_balanced_accuracy(safety: LatentSafetyModel, episodes) -> tuple[float, float, float]:
     """(balanced, safe, unsafe) accuracy of sign(B) on posterior means of whole episodes."""
-    kappa = safety.config.barrier.kappa
-    was_training = safety.training
-    safety.eval()
-    values, costs = [], []
-    for ep in episodes:
-        posts, _ = safety.world_model.observe(
-            torch.as_tensor(ep["obs"])[None], torch.as_tensor(ep["action"])[None],
-            torch.as_tensor(ep["is_first"])[None], sample=False,
-        )
-        values.append(safety.barrier.value(posts)[0].cpu().numpy())
-        costs.append(ep["cost"])
-    safety.train(was_training)
-    b, cost = np.concatenate(values), np.concatenate(costs)
-    safe, unsafe = cost < kappa, cost > kappa
-    assert safe.sum() > 100 and unsafe.sum() > 100, "held-out data lacks one of the classes"
-    acc_safe = float((b[safe] >= 0).mean())
-    acc_unsafe = float((b[unsafe] < 0).mean())
-    return (acc_safe + acc_unsafe) / 2, acc_safe, acc_unsafe
+    acc = heldout_barrier_accuracy(safety, episodes)
+    assert acc["heldout_n_safe"] > 100 and acc["heldout_n_unsafe"] > 100, (
+        "held-out data lacks one of the classes")
+    return (acc["heldout_balanced_accuracy"], acc["heldout_safe_accuracy"],
+            acc["heldout_unsafe_accuracy"])
 
 
 def train_and_evaluate(seed: int, train_steps: int = TRAIN_STEPS, updates: int = UPDATES,

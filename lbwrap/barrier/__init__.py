@@ -6,7 +6,6 @@ Pure PyTorch; sees the world model only through :class:`lbwrap.latent_state.Late
 from .config import BarrierConfig, BarrierInput, LossForm
 from .filter import FilterConfig, FilterResult, SafeActionFilter
 from .losses import (
-    BarrierLoss,
     CostFn,
     barrier_loss,
     compute_barrier_loss,
@@ -24,7 +23,6 @@ from .trainer import BarrierTrainer
 __all__ = [
     "BarrierConfig",
     "BarrierInput",
-    "BarrierLoss",
     "BarrierNet",
     "BarrierTrainer",
     "CostFn",

@@ -54,7 +54,6 @@ from .network import BarrierNet
 from .rollout import Policy, imagine
 
 __all__ = [
-    "BarrierLoss",
     "CostFn",
     "barrier_loss",
     "compute_barrier_loss",
@@ -411,28 +410,3 @@ def _imagine_from(
         with torch.no_grad():
             return imagine(dynamics, start, config.imagine_horizon, policy, generator)
     return imagine(dynamics, start, config.imagine_horizon, policy, generator)
-
-
-class BarrierLoss:
-    """Callable holding a :class:`BarrierConfig`; ``__call__`` is :func:`compute_barrier_loss`."""
-
-    def __init__(self, config: BarrierConfig) -> None:
-        self.config = config
-
-    def __call__(
-        self,
-        barrier: BarrierNet,
-        posts: LatentState,
-        cost: torch.Tensor,
-        is_first: torch.Tensor,
-        dynamics: LatentDynamics | None = None,
-        cost_fn: CostFn | None = None,
-        policy: Policy | None = None,
-        generator: torch.Generator | None = None,
-        detach_states: bool = True,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """See :func:`compute_barrier_loss`."""
-        return compute_barrier_loss(
-            barrier, self.config, posts, cost, is_first, dynamics=dynamics, cost_fn=cost_fn,
-            policy=policy, generator=generator, detach_states=detach_states,
-        )

@@ -1,6 +1,7 @@
 """Evaluation: deterministic episodes on held-out layouts, with the agent's own safety stack, and
 run reports (metrics CSV, plots, an evaluation-episode GIF)."""
 
+from lbwrap.eval.barrier_accuracy import heldout_barrier_accuracy
 from lbwrap.eval.evaluate import EvalResult, evaluate_agent
 from lbwrap.eval.report import (
     METRICS_COLUMNS,
@@ -20,6 +21,7 @@ __all__ = [
     "MetricsRecorder",
     "compose_video_frame",
     "evaluate_agent",
+    "heldout_barrier_accuracy",
     "plot_run",
     "read_metrics",
     "record_episode_video",
