@@ -56,6 +56,8 @@ import numpy as np
 import torch
 import tyro
 
+from lbwrap.eval.barrier_accuracy import add_episodes, heldout_barrier_accuracy, random_episodes
+
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 RESULTS = Path(__file__).parent / "results"
@@ -161,49 +163,6 @@ def make_env(kind: str, args: Args):
     raise ValueError(f"unknown env kind {kind!r}; use 'hazard' or 'vision'")
 
 
-def random_episodes(env, n_steps: int, seed: int,
-                    max_len: int = 0) -> list[dict[str, np.ndarray]]:
-    """Random-policy episodes in the replay's convention (frame, action that led into it, reward
-    and cost on arriving, is_first, is_terminal); layout ``k`` from ``reset(seed=seed*1000+k)``.
-    ``max_len > 0`` cuts episodes after that many agent steps (more layouts per step)."""
-    rng = np.random.default_rng(seed)
-    low, high = env.action_space.low, env.action_space.high
-    adim = env.action_space.shape[0]
-    episodes, total, k = [], 0, 0
-    while total < n_steps:
-        obs, _ = env.reset(seed=seed * 1000 + k)
-        k += 1
-        cols: dict[str, list[Any]] = {"obs": [obs], "action": [np.zeros(adim, np.float32)],
-                                      "reward": [0.0], "cost": [0.0], "is_first": [True],
-                                      "is_terminal": [False]}
-        while True:
-            action = rng.uniform(low, high).astype(np.float32)
-            obs, reward, term, trunc, info = env.step(action)
-            for key, value in (("obs", obs), ("action", action), ("reward", float(reward)),
-                               ("cost", float(info["cost"])), ("is_first", False),
-                               ("is_terminal", bool(term))):
-                cols[key].append(value)
-            cut = max_len > 0 and len(cols["obs"]) > max_len
-            if term or trunc or cut or total + len(cols["obs"]) >= n_steps:
-                break
-        total += len(cols["obs"])
-        episodes.append({
-            "obs": np.stack(cols["obs"]), "action": np.stack(cols["action"]),
-            "reward": np.asarray(cols["reward"], np.float32),
-            "cost": np.asarray(cols["cost"], np.float32),
-            "is_first": np.asarray(cols["is_first"], bool),
-            "is_terminal": np.asarray(cols["is_terminal"], bool),
-        })
-    return episodes
-
-
-def fill_replay(safety, episodes) -> None:
-    keys = ("obs", "action", "reward", "cost", "is_first", "is_terminal")
-    for ep in episodes:
-        for t in range(len(ep["obs"])):
-            safety.add_step(*(ep[key][t:t + 1] for key in keys))
-
-
 def build_model(env, preset: str, batch: int, seq_len: int, device: str, seed: int,
                 capacity: int, **overrides: Any):
     from lbwrap.safety_model import LatentSafetyModel
@@ -225,7 +184,7 @@ def time_config(env, episodes, spec: str, device: str, args: Args) -> dict[str, 
     torch.manual_seed(args.seed)
     safety = build_model(env, preset, batch, seq_len, device, args.seed,
                          sum(len(e["obs"]) for e in episodes) + 10)
-    fill_replay(safety, episodes)
+    add_episodes(safety, episodes)
     cfg = safety.config
     wm_times, b_times, sample_times = [], [], []
     for i in range(1 + args.timing_iters):
@@ -322,13 +281,6 @@ def write_timing(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------- part B
-def heldout_accuracy(safety, episodes) -> dict[str, float]:
-    """Balanced accuracy of sign(B) on posterior means of the held-out episodes."""
-    from lbwrap.eval.barrier_accuracy import heldout_barrier_accuracy
-
-    return heldout_barrier_accuracy(safety, episodes)
-
-
 def run_learning(kind: str, args: Args) -> list[dict[str, Any]]:
     from lbwrap.barrier import BarrierConfig
 
@@ -349,7 +301,7 @@ def run_learning(kind: str, args: Args) -> list[dict[str, Any]]:
                              barrier=BarrierConfig(input=args.barrier_input))
     finally:
         env.close()
-    fill_replay(safety, train)
+    add_episodes(safety, train)
     train_cost = np.concatenate([e["cost"] for e in train])
     label = f"{env_id}" + (f" (level {args.hazard_level}, {args.hazard_view})"
                            if kind == "hazard" else "")
@@ -364,7 +316,7 @@ def run_learning(kind: str, args: Args) -> list[dict[str, Any]]:
             t0 = time.perf_counter()
             metrics = safety.update(args.eval_every)
             train_s += time.perf_counter() - t0
-        row = {"env": label, "updates": done, **heldout_accuracy(safety, heldout),
+        row = {"env": label, "updates": done, **heldout_barrier_accuracy(safety, heldout),
                "train_balanced_accuracy_real": metrics.get("barrier/balanced_accuracy_real",
                                                            float("nan")),
                "cost_loss": metrics.get("world_model/cost_loss", float("nan")),

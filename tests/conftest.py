@@ -12,6 +12,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from stable_baselines3.common.logger import KVWriter
 
 # Tiny nets: one intra-op thread is faster and avoids contention on a shared 2-core CPU.
 torch.set_num_threads(1)
@@ -85,3 +86,16 @@ def make_tiny_safety(env, **overrides):
 @pytest.fixture
 def tiny_safety():
     return make_tiny_safety
+
+
+class Recorder(KVWriter):
+    """Keeps every dump of the SB3 logger."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def write(self, key_values, key_excluded, step=0) -> None:
+        self.records.append(dict(key_values))
+
+    def close(self) -> None:
+        pass

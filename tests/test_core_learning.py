@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 import torch
 
 import lbwrap
 from lbwrap.barrier import BarrierConfig
-from lbwrap.eval.barrier_accuracy import heldout_barrier_accuracy
+from lbwrap.eval.barrier_accuracy import add_episodes, heldout_barrier_accuracy, random_episodes
 from lbwrap.safety_model import LatentSafetyModel
 
 SMALL_WORLD_MODEL = {"cnn_depth": 8, "deter_dim": 32, "stoch_dim": 8, "hidden_dim": 32,
@@ -46,40 +45,6 @@ BOUND = 0.75
 def make_env():
     return lbwrap.make_pixel_env("lbwrap/PixelHazard-v0", size=SIZE, action_repeat=2, level=2,
                                  view="egocentric")
-
-
-def random_episodes(env, n_steps: int, seed: int) -> list[dict[str, np.ndarray]]:
-    """Random-policy episodes (Dreamer convention), layouts from reset seeds ``seed * 1000 + k``."""
-    rng = np.random.default_rng(seed)
-    episodes, total, k = [], 0, 0
-    while total < n_steps:
-        obs, _ = env.reset(seed=seed * 1000 + k)
-        k += 1
-        steps = {"obs": [obs], "action": [np.zeros(2, np.float32)], "reward": [0.0],
-                 "cost": [0.0], "is_first": [True], "is_terminal": [False]}
-        while True:
-            action = rng.uniform(-1, 1, 2).astype(np.float32)
-            obs, reward, term, trunc, info = env.step(action)
-            for key, value in (("obs", obs), ("action", action), ("reward", reward),
-                               ("cost", info["cost"]), ("is_first", False), ("is_terminal", term)):
-                steps[key].append(value)
-            if term or trunc or total + len(steps["obs"]) >= n_steps:
-                break
-        total += len(steps["obs"])
-        episodes.append({
-            "obs": np.stack(steps["obs"]), "action": np.stack(steps["action"]),
-            "reward": np.asarray(steps["reward"], np.float32),
-            "cost": np.asarray(steps["cost"], np.float32),
-            "is_first": np.asarray(steps["is_first"]), "is_terminal": np.asarray(steps["is_terminal"]),
-        })
-    return episodes
-
-
-def fill_replay(safety: LatentSafetyModel, episodes) -> None:
-    for ep in episodes:
-        for t in range(len(ep["obs"])):
-            safety.add_step(*(ep[key][t:t + 1] for key in
-                              ("obs", "action", "reward", "cost", "is_first", "is_terminal")))
 
 
 @torch.no_grad()
@@ -106,7 +71,7 @@ def train_and_evaluate(seed: int, train_steps: int = TRAIN_STEPS, updates: int =
         )
     finally:
         env.close()
-    fill_replay(safety, train)
+    add_episodes(safety, train)
     metrics = safety.update(updates)
     balanced, acc_safe, acc_unsafe = heldout_balanced_accuracy(safety, heldout)
     return {"balanced": balanced, "safe": acc_safe, "unsafe": acc_unsafe,

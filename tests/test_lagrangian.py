@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pytest
+from conftest import Recorder
 from stable_baselines3 import PPO, SAC, TD3
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import KVWriter, Logger
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import lbwrap
@@ -20,19 +21,6 @@ from lbwrap.sb3.lagrangian import (
     find_vec_lagrangian,
 )
 from lbwrap.wrappers import LatentObservation
-
-
-class Recorder(KVWriter):
-    """Keeps every dump of the SB3 logger."""
-
-    def __init__(self) -> None:
-        self.records: list[dict] = []
-
-    def write(self, key_values, key_excluded, step=0) -> None:
-        self.records.append(dict(key_values))
-
-    def close(self) -> None:
-        pass
 
 
 def logged(rec: Recorder, model, key: str) -> list[float]:

@@ -11,7 +11,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from stable_baselines3.common.logger import KVWriter, Logger
+from conftest import Recorder
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.torch_layers import FlattenExtractor
 
 import lbwrap
@@ -56,19 +57,6 @@ def make_stack(shield: bool = True, seed: int = 0):
 
 SAC_KW = {"learning_starts": 40, "batch_size": 16, "policy_kwargs": {"net_arch": [32, 32]},
           "device": "cpu", "seed": 0}
-
-
-class Recorder(KVWriter):
-    """Keeps every dump of the SB3 logger."""
-
-    def __init__(self) -> None:
-        self.records: list[dict] = []
-
-    def write(self, key_values, key_excluded, step=0) -> None:
-        self.records.append(dict(key_values))
-
-    def close(self) -> None:
-        pass
 
 
 def record_logs(model) -> Recorder:
