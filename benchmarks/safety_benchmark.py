@@ -50,6 +50,8 @@ class Args:
     """Agent steps between safety-model training calls."""
     updates_per_train: int = 10
     """World-model + barrier updates per call."""
+    refresh_every: int = 0
+    """Agent steps between re-filterings of SB3's stored latents (LatentRefresher); 0: off."""
     eval_episodes: int = 3
     """Deterministic evaluation episodes (each on its own held-out layout)."""
     max_episode_steps: int = 500
@@ -82,11 +84,12 @@ def run_one(job: tuple[Args, str, int]) -> dict:
     from stable_baselines3.common.callbacks import BaseCallback
 
     from lbwrap.eval import evaluate_agent
+    from lbwrap.sb3 import LatentRefresher
     from lbwrap.sb3.recipes import AgentRecipe, build_safe_agent
 
     recipe = AgentRecipe(
         mode=mode, train_every=args.train_every, updates_per_train=args.updates_per_train,
-        model_learning_starts=args.model_learning_starts,
+        model_learning_starts=args.model_learning_starts, refresh_every=args.refresh_every,
         sac_kwargs={"learning_starts": args.learning_starts, "buffer_size": 200_000},
     )
     built = build_safe_agent([make_env_fn(args, seed)], recipe, seed=seed, device="cpu")
@@ -112,6 +115,7 @@ def run_one(job: tuple[Args, str, int]) -> dict:
     ev = evaluate_agent(built.agent, make_env_fn(args, seed), built.safety,
                         episodes=args.eval_episodes, shield=shield).summary()
     cot = built.cotrain
+    refresher = next((c for c in built.callbacks if isinstance(c, LatentRefresher)), None)
     returns = [ep["r"] for ep in built.agent.ep_info_buffer] if built.agent.ep_info_buffer else []
     m = cot.last_metrics
     return {
@@ -127,6 +131,13 @@ def run_one(job: tuple[Args, str, int]) -> dict:
         "barrier_ready": float(built.safety.ready),
         "barrier_accuracy_ema": float(built.safety.accuracy_ema),
         "world_model_loss": m.get("world_model/loss", float("nan")),
+        "refresh_every": args.refresh_every,
+        "refresh_count": refresher.refresh_count if refresher else 0,
+        "refresh_s_total": refresher.seconds_total if refresher else 0.0,
+        "refresh_last_slots": refresher.last_metrics.get("slots_refreshed", 0.0) if refresher else 0.0,
+        "refresh_last_s": refresher.last_metrics.get("seconds", 0.0) if refresher else 0.0,
+        "refresh_last_mean_abs_change": (refresher.last_metrics.get("mean_abs_change", 0.0)
+                                         if refresher else 0.0),
         "train_wall_s": train_s, "last_train_returns": float(np.mean(returns)) if returns else float("nan"),
         "curve": curve,
     }
@@ -193,7 +204,8 @@ def main(args: Args) -> None:
     machine = f"{platform.node()} ({os.cpu_count()} cores)"
     header = (f"# safety benchmark {date.today()}, {machine}, {args.env_id} level {args.level}, "
               f"{args.size}px, {args.agent_steps * args.action_repeat} env steps/run, "
-              f"{len(args.seeds)} seeds, {wall / 60:.1f} min total")
+              f"{len(args.seeds)} seeds, latent refresh every "
+              f"{args.refresh_every or 'off'} agent steps, {wall / 60:.1f} min total")
     table = summarise(rows, args)
     print(header)
     print(table)

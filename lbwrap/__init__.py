@@ -50,6 +50,7 @@ _LAZY: dict[str, str] = {
     "BarrierSAC": "lbwrap.sb3",
     "VecLagrangianPenalty": "lbwrap.sb3",
     "LagrangianLoggerCallback": "lbwrap.sb3",
+    "LatentRefresher": "lbwrap.sb3",
 }
 
 __all__ = list(_LAZY) + ["__version__"]

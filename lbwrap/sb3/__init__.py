@@ -1,4 +1,5 @@
-"""Stable-Baselines3 adapters: VecEnv wrappers, the co-training callback, BarrierSAC, Lagrangian.
+"""Stable-Baselines3 adapters: VecEnv wrappers, the co-training and latent-refresh callbacks,
+BarrierSAC, Lagrangian.
 
 Everything that imports ``stable_baselines3`` lives here; lower layers never import it.
 """
@@ -10,6 +11,7 @@ from lbwrap.sb3.lagrangian import (
     find_vec_lagrangian,
 )
 from lbwrap.sb3.policy import BarrierSAC, BarrierSACPolicy, barrier_actor_loss
+from lbwrap.sb3.refresh import LatentRefresher
 from lbwrap.sb3.vec_wrappers import (
     VecBarrierPenalty,
     VecBarrierShield,
@@ -22,6 +24,7 @@ __all__ = [
     "BarrierSACPolicy",
     "CoTrainCallback",
     "LagrangianLoggerCallback",
+    "LatentRefresher",
     "VecBarrierPenalty",
     "VecBarrierShield",
     "VecLagrangianPenalty",

@@ -27,6 +27,7 @@ from lbwrap.safety_model import LatentSafetyModel
 from lbwrap.sb3.callback import CoTrainCallback
 from lbwrap.sb3.lagrangian import LagrangianLoggerCallback, VecLagrangianPenalty
 from lbwrap.sb3.policy import BarrierSAC
+from lbwrap.sb3.refresh import LatentRefresher
 from lbwrap.sb3.vec_wrappers import VecBarrierPenalty, VecBarrierShield, VecLatentObservation
 
 __all__ = ["MODES", "AgentRecipe", "SafeAgent", "build_safe_agent"]
@@ -53,10 +54,15 @@ class AgentRecipe:
     lambda_lr: float = 0.05
     barrier_weight: float = 1.0
     barrier_horizon: int = 5
+    refresh_every: int = 0
+    """Env steps between re-filterings of the latents in SB3's replay buffer with the current
+    world model (:class:`LatentRefresher`); 0 turns it off (stored latents stay stale)."""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.refresh_every < 0:
+            raise ValueError(f"refresh_every must be >= 0 (0: off), got {self.refresh_every}")
 
 
 @dataclass
@@ -107,6 +113,8 @@ def build_safe_agent(
                               updates_per_train=recipe.updates_per_train,
                               learning_starts=recipe.model_learning_starts)
     callbacks: list[BaseCallback] = [cotrain]
+    if recipe.refresh_every > 0:  # after cotrain: it maps SB3 slots to the frames cotrain wrote
+        callbacks.append(LatentRefresher(safety, refresh_every=recipe.refresh_every))
     if mode == "lagrangian":
         callbacks.append(LagrangianLoggerCallback())
     return SafeAgent(agent=agent, env=stack, safety=safety, cotrain=cotrain, callbacks=callbacks)

@@ -7,6 +7,13 @@ reward and cost received on arriving at it, ``is_first`` and ``is_terminal`` (se
 :mod:`lbwrap.world_model.rssm`). Sampled windows are contiguous in one env's stream and never
 cross the ring's write head; a window may contain an episode start, which ``is_first`` marks
 (the model resets there).
+
+Every stream also counts the steps ever written to it (:attr:`SequenceReplay.steps_written`): the
+``k``-th step written to stream ``e`` has *step number* ``k``, which stays valid while the ring
+wraps. :meth:`SequenceReplay.stored_range`, :meth:`SequenceReplay.get` and
+:meth:`SequenceReplay.stream` read stored steps by step number, so a consumer that remembered a
+step number can tell later whether that step is still stored (used by
+:class:`lbwrap.sb3.refresh.LatentRefresher`).
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ class SequenceReplay:
         }
         self._pos = np.zeros(e, dtype=np.int64)  # next write index, per env
         self._size = np.zeros(e, dtype=np.int64)  # valid steps, per env
+        self._written = np.zeros(e, dtype=np.int64)  # steps ever written, per env (monotonic)
         self.rng = np.random.default_rng(seed)
 
     # ------------------------------------------------------------ properties
@@ -67,6 +75,52 @@ class SequenceReplay:
     def steps_per_env(self) -> int:
         """Valid steps in the fullest env's stream (streams fill at their own pace)."""
         return int(self._size.max())
+
+    @property
+    def steps_written(self) -> np.ndarray:
+        """(E,) steps ever written to each stream (a copy; never decreases, survives wrapping).
+
+        The step written last to stream ``e`` has step number ``steps_written[e] - 1``. Saved by
+        :meth:`state_dict`; a state without it (older files) counts the stored steps.
+        """
+        return self._written.copy()
+
+    def stored_range(self, env_id: int) -> tuple[int, int]:
+        """``(first, stop)``: the step numbers of stream ``env_id`` still stored are ``first..stop-1``."""
+        if not 0 <= int(env_id) < self.num_envs:
+            raise IndexError(f"SequenceReplay: env_id {env_id} not in [0, {self.num_envs})")
+        stop = int(self._written[env_id])
+        return stop - int(self._size[env_id]), stop
+
+    def get(
+        self, env_ids: np.ndarray | int, steps: np.ndarray | int,
+        keys: tuple[str, ...] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Fields of stored steps addressed by (stream, step number); arrays are copies.
+
+        ``env_ids`` and ``steps`` broadcast against each other to a shape S; each returned array
+        has shape ``S + field_shape``. ``keys`` selects fields (default: all of ``obs``,
+        ``action``, ``reward``, ``cost``, ``is_first``, ``is_terminal``). Raises ``IndexError``
+        when a step was never written or has been overwritten.
+        """
+        env, step = np.broadcast_arrays(np.asarray(env_ids, np.int64), np.asarray(steps, np.int64))
+        if env.size and (env.min() < 0 or env.max() >= self.num_envs):
+            raise IndexError(f"SequenceReplay.get: env_ids must be in [0, {self.num_envs})")
+        written = self._written[env]
+        if env.size and (np.any(step >= written) or np.any(step < written - self._size[env])):
+            raise IndexError("SequenceReplay.get: some steps are not stored (never written or "
+                             "overwritten); check stored_range() first")
+        ring = (self._pos[env] - (written - step)) % self.env_capacity
+        names = _FIELDS if keys is None else keys
+        unknown = [k for k in names if k not in self._data]
+        if unknown:
+            raise KeyError(f"SequenceReplay.get: unknown fields {unknown}; fields are {_FIELDS}")
+        return {k: self._data[k][env, ring] for k in names}
+
+    def stream(self, env_id: int, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Every stored step of stream ``env_id`` in chronological order (oldest first), as copies."""
+        first, stop = self.stored_range(env_id)
+        return self.get(int(env_id), np.arange(first, stop), keys)
 
     @property
     def nbytes(self) -> int:
@@ -142,6 +196,7 @@ class SequenceReplay:
         d["is_terminal"][ids, p] = flags["is_terminal"]
         self._pos[ids] = (p + 1) % self.env_capacity
         self._size[ids] = np.minimum(self._size[ids] + 1, self.env_capacity)
+        self._written[ids] += 1
 
     # --------------------------------------------------------------- sample
     def _oldest(self) -> np.ndarray:
@@ -210,9 +265,10 @@ class SequenceReplay:
 
     # ------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
-        """Arrays, write position and sizes (arrays are not copied)."""
+        """Arrays, write position, sizes and step counts (arrays are not copied)."""
         state: dict[str, Any] = dict(self._data)
-        state.update(pos=self._pos.copy(), size=self._size.copy(), num_envs=self.num_envs,
+        state.update(pos=self._pos.copy(), size=self._size.copy(), written=self._written.copy(),
+                     num_envs=self.num_envs,
                      env_capacity=self.env_capacity, action_dim=self.action_dim,
                      obs_shape=np.asarray(self.obs_shape))
         return state
@@ -231,6 +287,8 @@ class SequenceReplay:
             self._data[key][...] = state[key]
         self._pos = np.broadcast_to(np.asarray(state["pos"], np.int64), (self.num_envs,)).copy()
         self._size = np.broadcast_to(np.asarray(state["size"], np.int64), (self.num_envs,)).copy()
+        written = state.get("written", self._size)
+        self._written = np.broadcast_to(np.asarray(written, np.int64), (self.num_envs,)).copy()
 
     def save(self, path: str | os.PathLike) -> None:
         """Atomically write the buffer to an uncompressed ``.npz`` file."""
