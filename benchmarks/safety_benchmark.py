@@ -46,6 +46,11 @@ class Args:
     """Random-action warm-up of SAC, in agent steps."""
     model_learning_starts: int = 500
     """Env steps before the world model and barrier start training."""
+    reward_scale: float = 10.0
+    """Reward multiplier for the agent (VecRewardScale); PixelHazard pays ~0.05 per step, which
+    SAC's entropy bonus drowns at scale 1 (SAC on the true state did not learn in 5k steps)."""
+    ent_coef: str = "auto_0.1"
+    """SAC's entropy coefficient (SB3 syntax; "auto_0.1": learned, starting at 0.1)."""
     train_every: int = 100
     """Agent steps between safety-model training calls."""
     updates_per_train: int = 10
@@ -90,7 +95,9 @@ def run_one(job: tuple[Args, str, int]) -> dict:
     recipe = AgentRecipe(
         mode=mode, train_every=args.train_every, updates_per_train=args.updates_per_train,
         model_learning_starts=args.model_learning_starts, refresh_every=args.refresh_every,
-        sac_kwargs={"learning_starts": args.learning_starts, "buffer_size": 200_000},
+        reward_scale=args.reward_scale,
+        sac_kwargs={"learning_starts": args.learning_starts, "buffer_size": 200_000,
+                    "ent_coef": args.ent_coef},
     )
     built = build_safe_agent([make_env_fn(args, seed)], recipe, seed=seed, device="cpu")
     curve: list[tuple[int, int, float, float]] = []

@@ -47,6 +47,7 @@ _LAZY: dict[str, str] = {
     "VecLatentObservation": "lbwrap.sb3",
     "VecBarrierShield": "lbwrap.sb3",
     "VecBarrierPenalty": "lbwrap.sb3",
+    "VecRewardScale": "lbwrap.sb3",
     "BarrierSAC": "lbwrap.sb3",
     "VecLagrangianPenalty": "lbwrap.sb3",
     "LagrangianLoggerCallback": "lbwrap.sb3",

@@ -113,6 +113,21 @@ def test_infeasible_returns_max_b_candidate() -> None:
     assert out.b_next_executed.item() == pytest.approx(b_after(2.0, best[0].item()))
 
 
+def test_proposal_fallback_keeps_infeasible_proposal_but_still_replaces_fixable_ones() -> None:
+    proposals = torch.tensor([[0.5, 0.0], [1.0, 0.5]])
+    out = make("barrier", seed=5, fallback="proposal")(states(2.0, 0.95), proposals)
+    # row 0: B = -1, nothing reaches B >= eps -> the proposal is executed, not counted as replaced
+    torch.testing.assert_close(out.actions[0], proposals[0])
+    assert not out.intervened[0].item() and not out.feasible[0].item()
+    assert out.b_next_executed[0].item() == pytest.approx(b_after(2.0, 0.5))
+    # row 1: fixable -> replaced by a satisfying action exactly as with the default fallback
+    default = make("barrier", seed=5)(states(2.0, 0.95), proposals)
+    assert out.intervened[1].item() and out.feasible[1].item()
+    torch.testing.assert_close(out.actions[1], default.actions[1])
+    with pytest.raises(ValueError, match="fallback"):
+        FilterConfig(fallback="random")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("condition", ["barrier", "cbf"])
 def test_actions_in_bounds_with_asymmetric_box(condition: str) -> None:
     low, high = (-0.2, -1.0), (1.0, 0.5)

@@ -16,6 +16,7 @@ from lbwrap.sb3.vec_wrappers import (
     VecBarrierPenalty,
     VecBarrierShield,
     VecLatentObservation,
+    VecRewardScale,
     find_vec_latent,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "VecBarrierShield",
     "VecLagrangianPenalty",
     "VecLatentObservation",
+    "VecRewardScale",
     "barrier_actor_loss",
     "find_vec_lagrangian",
     "find_vec_latent",

@@ -28,7 +28,12 @@ from lbwrap.sb3.callback import CoTrainCallback
 from lbwrap.sb3.lagrangian import LagrangianLoggerCallback, VecLagrangianPenalty
 from lbwrap.sb3.policy import BarrierSAC
 from lbwrap.sb3.refresh import LatentRefresher
-from lbwrap.sb3.vec_wrappers import VecBarrierPenalty, VecBarrierShield, VecLatentObservation
+from lbwrap.sb3.vec_wrappers import (
+    VecBarrierPenalty,
+    VecBarrierShield,
+    VecLatentObservation,
+    VecRewardScale,
+)
 
 __all__ = ["MODES", "AgentRecipe", "SafeAgent", "build_safe_agent"]
 
@@ -54,6 +59,9 @@ class AgentRecipe:
     lambda_lr: float = 0.05
     barrier_weight: float = 1.0
     barrier_horizon: int = 5
+    reward_scale: float = 1.0
+    """Multiply the reward the agent learns from (:class:`VecRewardScale`, outermost wrapper, so
+    penalties are scaled with it); logs, evaluation and the world model keep the env's units."""
     refresh_every: int = 0
     """Env steps between re-filterings of the latents in SB3's replay buffer with the current
     world model (:class:`LatentRefresher`); 0 turns it off (stored latents stay stale)."""
@@ -61,6 +69,8 @@ class AgentRecipe:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not self.reward_scale > 0:
+            raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
         if self.refresh_every < 0:
             raise ValueError(f"refresh_every must be >= 0 (0: off), got {self.refresh_every}")
 
@@ -101,6 +111,8 @@ def build_safe_agent(
         stack = VecBarrierPenalty(stack, safety, scale=recipe.penalty_scale)
     if mode == "lagrangian":
         stack = VecLagrangianPenalty(stack, cost_limit=recipe.cost_limit, lambda_lr=recipe.lambda_lr)
+    if recipe.reward_scale != 1.0:
+        stack = VecRewardScale(stack, recipe.reward_scale)
     common = {"seed": seed, "device": device, "verbose": 0, "tensorboard_log": tensorboard_log,
               **recipe.sac_kwargs}
     if mode in ("barrier", "barrier+shield"):

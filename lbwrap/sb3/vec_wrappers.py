@@ -17,7 +17,9 @@ from lbwrap.latent_state import LatentState
 from lbwrap.latent_tracker import LatentTracker
 from lbwrap.safety_model import LatentSafetyModel, barrier_penalty, barrier_values, shield_decision
 
-__all__ = ["VecBarrierPenalty", "VecBarrierShield", "VecLatentObservation", "find_vec_latent"]
+__all__ = [
+    "VecBarrierPenalty", "VecBarrierShield", "VecLatentObservation", "VecRewardScale", "find_vec_latent",
+]
 
 
 class VecLatentObservation(VecEnvWrapper):
@@ -189,3 +191,30 @@ class VecBarrierPenalty(VecEnvWrapper):
         rewards -= self.scale * penalty
         self._b_prev = barrier_values(self.safety, self.latent.latent_state)
         return obs, rewards, dones, infos
+
+
+class VecRewardScale(VecEnvWrapper):
+    """Multiply the reward the agent learns from by a constant ``scale``.
+
+    SAC's entropy bonus is ~1 nat per step at the start; a task whose reward is ~0.05 per step
+    (PixelHazard, Safety Gym's goal tasks) is then drowned in it for thousands of steps. Scaling
+    the reward is the usual fix (``VecNormalize(norm_obs=False)`` is the adaptive alternative).
+    ``info["env_reward"]`` keeps the unscaled env reward (unless an inner wrapper set it already),
+    so the world model, the logs and evaluation see the env's own units.
+    """
+
+    def __init__(self, venv: VecEnv, scale: float) -> None:
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a finite number > 0, got {scale}")
+        super().__init__(venv)
+        self.scale = float(scale)
+
+    def reset(self) -> np.ndarray:
+        return self.venv.reset()
+
+    def step_wait(self):
+        obs, rewards, dones, infos = self.venv.step_wait()
+        rewards = np.asarray(rewards, np.float32)
+        for i, info in enumerate(infos):
+            info.setdefault("env_reward", float(rewards[i]))
+        return obs, rewards * np.float32(self.scale), dones, infos

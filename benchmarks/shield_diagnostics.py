@@ -1,0 +1,210 @@
+"""Why the shield helps some policies and hurts others: one-step predictions and shielded rollouts.
+
+    python benchmarks/shield_diagnostics.py                     # PixelHazard level 1, ~5 min
+
+1. Trains a safety model (CPU preset) on random-policy PixelHazard data, as the core learning
+   benchmark does, and reports its held-out balanced accuracy.
+2. **One-step predictions** on held-out random episodes, by transition type (safe -> unsafe
+   "entry", safe -> safe, unsafe -> safe "exit", unsafe -> unsafe): how often the shield's
+   predictor, B at the prior mean after the action actually taken, is negative; the same with
+   the *opposite* action (an action-aware predictor must differ); and B at the next posterior
+   (what the barrier knows once the frame arrives).
+3. **Shielded rollouts** on held-out layouts with three proposal policies (uniform random, a
+   greedy goal-seeker that ignores hazards, the goal-seeker plus Gaussian noise) under several
+   filter settings: violating env steps, intervention rate and return.
+
+Writes ``<out>/summary.md``, ``<out>/prediction.csv`` and ``<out>/rollouts.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+import tyro
+
+import lbwrap
+from lbwrap.barrier import FilterConfig, SafeActionFilter
+from lbwrap.eval.barrier_accuracy import add_episodes, heldout_barrier_accuracy, random_episodes
+from lbwrap.latent_tracker import LatentTracker
+from lbwrap.safety_model import LatentSafetyModel, shield_decision
+
+POLICIES = ("random", "greedy", "noisy-greedy")
+FILTERS: dict[str, FilterConfig | None] = {
+    "no shield": None,
+    "cbf, fallback max_barrier (default)": FilterConfig(condition="cbf"),
+    "cbf, fallback proposal": FilterConfig(condition="cbf", fallback="proposal"),
+    "barrier eps=0, fallback max_barrier": FilterConfig(condition="barrier", eps=0.0),
+    "cbf lookahead 2, fallback max_barrier": FilterConfig(condition="cbf", lookahead=2),
+}
+
+
+@dataclass
+class Args:
+    level: int = 1
+    """PixelHazard level."""
+    size: int = 64
+    """Image side."""
+    train_steps: int = 6000
+    """Random-policy agent steps to train the safety model on."""
+    updates: int = 300
+    """World-model + barrier updates."""
+    heldout_steps: int = 3000
+    """Random-policy agent steps for the prediction statistics (other layouts)."""
+    episodes: int = 12
+    """Rollout episodes per (policy, filter), each on its own held-out layout."""
+    episode_steps: int = 250
+    """Agent steps per rollout episode."""
+    seed: int = 0
+    """Seed of data, model and rollouts."""
+    out: Path = Path("benchmarks/results/shield_diagnostics")
+    """Output folder."""
+
+
+def make_env(args: Args):
+    return lbwrap.make_pixel_env("lbwrap/PixelHazard-v0", size=args.size, action_repeat=2,
+                                 level=args.level)
+
+
+@torch.no_grad()
+def one_step_predictions(safety: LatentSafetyModel, episodes) -> list[dict]:
+    """Per transition type: fraction of negative predicted / actual barrier values."""
+    wm, barrier = safety.world_model, safety.barrier
+    kappa = safety.config.barrier.kappa
+    rows = []
+    for ep in episodes:
+        posts, _ = wm.observe(torch.as_tensor(ep["obs"])[None], torch.as_tensor(ep["action"])[None],
+                              torch.as_tensor(ep["is_first"])[None], sample=False)
+        now = posts.map(lambda x: x[0, :-1])
+        action = torch.as_tensor(ep["action"][1:])
+        b_pred = barrier.value(wm.img_step(now, action, sample=False)).numpy()
+        b_opp = barrier.value(wm.img_step(now, -action, sample=False)).numpy()
+        b_post = barrier.value(posts.map(lambda x: x[0])).numpy()
+        unsafe = ep["cost"] > kappa
+        for t in range(len(unsafe) - 1):
+            rows.append((bool(unsafe[t]), bool(unsafe[t + 1]), b_pred[t] < 0, b_opp[t] < 0,
+                         b_post[t + 1] < 0, b_post[t] < 0))
+    table = np.array(rows, dtype=float)
+    kinds = {"entry (safe -> unsafe)": (0, 1), "safe -> safe": (0, 0),
+             "exit (unsafe -> safe)": (1, 0), "unsafe -> unsafe": (1, 1)}
+    out = []
+    for name, (a, b) in kinds.items():
+        sel = table[(table[:, 0] == a) & (table[:, 1] == b)]
+        out.append({"transition": name, "n": len(sel),
+                    "pred_negative": sel[:, 2].mean() if len(sel) else np.nan,
+                    "pred_negative_opposite_action": sel[:, 3].mean() if len(sel) else np.nan,
+                    "next_posterior_negative": sel[:, 4].mean() if len(sel) else np.nan,
+                    "current_posterior_negative": sel[:, 5].mean() if len(sel) else np.nan})
+    return out
+
+
+def rollout(safety: LatentSafetyModel, env, args: Args, policy: str,
+            filter_cfg: FilterConfig | None) -> dict:
+    """Violating env steps, intervention rate and mean return of one (policy, filter) pair."""
+    if filter_cfg is not None:
+        filter_cfg.seed = args.seed
+        safety.shield_filter = SafeActionFilter(safety.world_model, safety.barrier, filter_cfg,
+                                                safety.action_low, safety.action_high)
+    rng = np.random.default_rng(args.seed)
+    violations = interventions = steps = 0
+    returns = []
+    for ep in range(args.episodes):
+        tracker = LatentTracker(safety.world_model, 1)
+        obs, _ = env.reset(seed=2_000_000 + ep)
+        tracker.observe(obs[None], None, np.ones(1, bool))
+        ret = 0.0
+        for _ in range(args.episode_steps):
+            if policy == "random":
+                action = rng.uniform(-1, 1, (1, 2))
+            else:
+                base = env.unwrapped
+                to_goal = base.goal_pos - base.robot_pos
+                action = (to_goal / (np.linalg.norm(to_goal) + 1e-8))[None]
+                if policy == "noisy-greedy":
+                    action = np.clip(action + rng.normal(0.0, 0.5, action.shape), -1, 1)
+            action = action.astype(np.float32)
+            if filter_cfg is not None:
+                decision = shield_decision(safety, tracker.state, action)
+                action = decision.executed
+                interventions += int(decision.intervened[0])
+            obs, reward, terminated, truncated, info = env.step(action[0])
+            tracker.observe(obs[None], action, np.zeros(1, bool))
+            violations += int(info["violations"])
+            steps += 1
+            ret += float(reward)
+            if terminated or truncated:
+                break
+        returns.append(ret)
+    return {"violations": violations, "intervention_rate": interventions / max(steps, 1),
+            "return_mean": float(np.mean(returns)), "return_std": float(np.std(returns))}
+
+
+def main(args: Args) -> None:
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = make_env(args)
+    start = time.perf_counter()
+    safety = LatentSafetyModel.for_env(env, seed=args.seed, device="cpu")
+    add_episodes(safety, random_episodes(env, args.train_steps, args.seed))
+    safety.update(args.updates)
+    safety.eval()
+    heldout = random_episodes(env, args.heldout_steps, 20_000 + args.seed)
+    accuracy = heldout_barrier_accuracy(safety, heldout)
+    train_s = time.perf_counter() - start
+    safety.force_ready = True
+
+    prediction = one_step_predictions(safety, heldout)
+    rollouts = []
+    for policy in POLICIES:
+        for name, cfg in FILTERS.items():
+            result = rollout(safety, env, args, policy, None if cfg is None else FilterConfig(**asdict(cfg)))
+            rollouts.append({"policy": policy, "filter": name, **result})
+            print(f"{policy:13s} {name:40s} {result}", flush=True)
+    env.close()
+
+    with open(args.out / "prediction.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(prediction[0]))
+        writer.writeheader()
+        writer.writerows(prediction)
+    with open(args.out / "rollouts.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rollouts[0]))
+        writer.writeheader()
+        writer.writerows(rollouts)
+    machine = f"{platform.node()} ({os.cpu_count()} cores)"
+    lines = [(f"# shield diagnostics {date.today()}, {machine}, PixelHazard level {args.level}, "
+             f"{args.size}px; model: {args.train_steps} random agent steps, {args.updates} updates "
+             f"({train_s:.0f} s); held-out balanced accuracy "
+             f"{accuracy['heldout_balanced_accuracy']:.2f}"), "",
+             "## One-step predictions (held-out random episodes)", "",
+             ("| transition | n | B(prior mean, taken action) < 0 | same, opposite action | "
+             "B(next posterior) < 0 | B(current posterior) < 0 |"), "|---|---|---|---|---|---|"]
+    for p in prediction:
+        lines.append(f"| {p['transition']} | {p['n']} | {p['pred_negative']:.2f} | "
+                     f"{p['pred_negative_opposite_action']:.2f} | {p['next_posterior_negative']:.2f} | "
+                     f"{p['current_posterior_negative']:.2f} |")
+    lines += ["", (f"## Shielded rollouts ({args.episodes} held-out layouts x {args.episode_steps} "
+              "agent steps per cell)"), "",
+              ("| policy | filter | violating env steps | ratio vs no shield | intervention rate | "
+              "return / episode |"), "|---|---|---|---|---|---|"]
+    for policy in POLICIES:
+        rows = [r for r in rollouts if r["policy"] == policy]
+        base = rows[0]["violations"]
+        for r in rows:
+            lines.append(f"| {policy} | {r['filter']} | {r['violations']} | "
+                         f"{r['violations'] / max(base, 1):.2f} | {r['intervention_rate']:.2f} | "
+                         f"{r['return_mean']:.1f} ± {r['return_std']:.1f} |")
+    text = "\n".join(lines) + "\n"
+    (args.out / "summary.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
