@@ -70,6 +70,14 @@ class Args:
     """SAC minibatch size (256)."""
     buffer_size: int | None = None
     """SAC replay capacity, in agent transitions (quick 100000, paper 500000)."""
+    reward_scale: float | None = None
+    """Multiplier of the reward SAC learns from (preset: 10; logs and evaluation stay in the env's
+    units). PixelHazard and Safety Gym pay ~0.05 per step, which SAC's entropy bonus drowns."""
+    ent_coef: str | None = None
+    """SAC's entropy coefficient in SB3 syntax (preset: "auto_0.1", learned from 0.1)."""
+    refresh_every: int | None = None
+    """Env steps between re-filterings of SAC's stored latents with the current world model
+    (LatentRefresher; 0: off; preset: 0)."""
     train_every: int | None = None
     """Env steps between safety-model (world model + barrier) training calls (quick 200,
     paper 1000)."""
@@ -126,13 +134,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "buffer_size": 100_000, "train_every": 200, "updates_per_train": 10,
         "model_learning_starts": 1000, "model_batch": 16, "model_seq_len": 32,
         "checkpoint_every": 10_000, "metrics_every": 1000, "world_model": "cpu",
+        "reward_scale": 10.0, "ent_coef": "auto_0.1", "refresh_every": 0,
     },
     "paper": {
         "total_env_steps": 1_000_000, "size": 64, "action_repeat": 2, "learning_starts": 5000,
         "batch_size": 256, "buffer_size": 500_000, "train_every": 1000, "updates_per_train": 100,
         "model_learning_starts": 5000, "model_batch": 32, "model_seq_len": 50,
         "eval_episodes": 10, "checkpoint_every": 50_000, "metrics_every": 5000,
-        "world_model": "paper",
+        "world_model": "paper", "reward_scale": 10.0, "ent_coef": "auto_0.1", "refresh_every": 0,
     },
 }
 #: quick-preset budgets per env (total env steps, evaluation episodes); others get the slow one.
@@ -231,6 +240,7 @@ def build(cfg: dict[str, Any]):
     sac_kwargs: dict[str, Any] = {
         "learning_starts": agent_steps(cfg, cfg["learning_starts"]),
         "batch_size": cfg["batch_size"], "buffer_size": cfg["buffer_size"],
+        "ent_coef": cfg["ent_coef"],
     }
     if cfg["tiny"]:
         sac_kwargs["policy_kwargs"] = {"net_arch": [32, 32]}
@@ -239,6 +249,8 @@ def build(cfg: dict[str, Any]):
         sac_kwargs=sac_kwargs, train_every=max(1, agent_steps(cfg, cfg["train_every"])),
         updates_per_train=cfg["updates_per_train"],
         model_learning_starts=agent_steps(cfg, cfg["model_learning_starts"]),
+        reward_scale=cfg["reward_scale"],
+        refresh_every=agent_steps(cfg, cfg["refresh_every"]) if cfg["refresh_every"] else 0,
     )
     fns = [env_factory(cfg) for _ in range(cfg["num_envs"])]
     return build_safe_agent(fns, recipe, seed=cfg["seed"], device=cfg["device"],
