@@ -75,7 +75,8 @@ def test_paper_config_sizes() -> None:
     [({"image_size": 48}, "image_size"), ({"deter_dim": 0}, "deter_dim"),
      ({"min_std": 0.0}, "min_std"), ({"bit_depth": 9}, "bit_depth"),
      ({"free_nats": -1.0}, "free_nats"), ({"activation": "gelu"}, "activation"),
-     ({"cnn_depth": 2.5}, "cnn_depth")],
+     ({"cnn_depth": 2.5}, "cnn_depth"), ({"kl_balance": 1.0}, "kl_balance"),
+     ({"kl_balance": 0.0}, "kl_balance"), ({"kl_balance": True}, "kl_balance")],
 )
 def test_config_validation(overrides, field) -> None:
     with pytest.raises(ValueError, match=field):
@@ -238,6 +239,29 @@ def structured_batch(b: int = 4, t: int = 8, size: int = 32, seed: int = 1):
     batch["obs"] = obs
     batch["reward"] = torch.linspace(-1, 1, t).repeat(b, 1)
     return batch
+
+
+def test_kl_balance_keeps_the_value_and_scales_the_prior_gradient() -> None:
+    """Balanced KL has the plain KL's value; the prior-only net gets ``a`` x its plain gradient."""
+    only_kl = {"image_weight": 0.0, "reward_weight": 0.0, "cost_weight": 0.0, "free_nats": 0.0}
+    plain = WorldModel(tiny_config(**only_kl))
+    balanced = WorldModel(tiny_config(**only_kl, kl_balance=0.8))
+    balanced.load_state_dict(plain.state_dict())
+    batch = make_batch()
+    grads = []
+    for model in (plain, balanced):
+        torch.manual_seed(0)  # the same posterior samples in both
+        out = model.loss(batch)
+        out.loss.backward()
+        grads.append((out.metrics["kl_loss"],
+                      [p.grad.clone() for p in model.prior_net.parameters()],
+                      [p.grad.clone() for p in model.post_net.parameters()]))
+    (kl_plain, prior_plain, post_plain), (kl_bal, prior_bal, post_bal) = grads
+    assert kl_bal == pytest.approx(kl_plain, rel=1e-5)
+    for g_plain, g_bal in zip(prior_plain, prior_bal):
+        torch.testing.assert_close(g_bal, 0.8 * g_plain, rtol=1e-4, atol=1e-7)
+    ratio = sum(g.norm() for g in post_bal) / sum(g.norm() for g in post_plain)
+    assert ratio < 0.5  # the posterior is pulled towards the prior much less
 
 
 def test_loss_decreases_on_fixed_batch() -> None:

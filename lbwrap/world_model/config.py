@@ -39,6 +39,10 @@ class WorldModelConfig:
     reward_weight: float = 1.0
     cost_weight: float = 1.0
     kl_weight: float = 1.0
+    kl_balance: float | None = None
+    """``None``: the plain KL(q || p) (PlaNet, the paper). A number ``a`` in (0, 1): DreamerV2's KL
+    balancing, ``a * KL(sg(q) || p) + (1 - a) * KL(q || sg(p))`` (each clamped at ``free_nats``):
+    the prior moves towards the posterior faster than the posterior is pulled to the prior."""
     activation: str = "elu"
     cnn_activation: str = "relu"
 
@@ -110,6 +114,13 @@ class WorldModelConfig:
                 raise ValueError(f"WorldModelConfig.{name} must be finite and >= 0, got {value}")
         if self.min_std <= 0:
             raise ValueError(f"WorldModelConfig.min_std must be > 0, got {self.min_std}")
+        if self.kl_balance is not None and (
+            isinstance(self.kl_balance, bool) or not isinstance(self.kl_balance, (int, float))
+            or not 0.0 < self.kl_balance < 1.0
+        ):
+            raise ValueError(
+                f"WorldModelConfig.kl_balance must be None or a number in (0, 1), got {self.kl_balance!r}"
+            )
         for name in ("activation", "cnn_activation"):
             if getattr(self, name) not in ACTIVATIONS:
                 raise ValueError(
