@@ -31,7 +31,7 @@ import torch
 import tyro
 
 import lbwrap
-from lbwrap.barrier import FilterConfig, SafeActionFilter
+from lbwrap.barrier import BarrierConfig, FilterConfig, SafeActionFilter
 from lbwrap.eval.barrier_accuracy import add_episodes, heldout_barrier_accuracy, random_episodes
 from lbwrap.latent_tracker import LatentTracker
 from lbwrap.safety_model import LatentSafetyModel, shield_decision
@@ -64,6 +64,14 @@ class Args:
     """Agent steps per rollout episode."""
     seed: int = 0
     """Seed of data, model and rollouts."""
+    free_nats: float | None = None
+    """World-model free nats (None: the CPU preset's 3)."""
+    kl_balance: float | None = None
+    """World-model KL balancing (None: plain KL)."""
+    barrier_input: str = "stoch"
+    """Barrier input: ``stoch`` (paper) or ``features``."""
+    rollouts: bool = True
+    """Run the shielded rollouts (part 3); off: predictions only."""
     out: Path = Path("benchmarks/results/shield_diagnostics")
     """Output folder."""
 
@@ -152,7 +160,11 @@ def main(args: Args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     env = make_env(args)
     start = time.perf_counter()
-    safety = LatentSafetyModel.for_env(env, seed=args.seed, device="cpu")
+    overrides = {k: v for k, v in (("free_nats", args.free_nats), ("kl_balance", args.kl_balance))
+                 if v is not None}
+    safety = LatentSafetyModel.for_env(env, seed=args.seed, device="cpu",
+                                       world_model_overrides=overrides,
+                                       barrier=BarrierConfig(input=args.barrier_input))
     add_episodes(safety, random_episodes(env, args.train_steps, args.seed))
     safety.update(args.updates)
     safety.eval()
@@ -163,7 +175,7 @@ def main(args: Args) -> None:
 
     prediction = one_step_predictions(safety, heldout)
     rollouts = []
-    for policy in POLICIES:
+    for policy in POLICIES if args.rollouts else ():
         for name, cfg in FILTERS.items():
             result = rollout(safety, env, args, policy, None if cfg is None else FilterConfig(**asdict(cfg)))
             rollouts.append({"policy": policy, "filter": name, **result})
@@ -174,15 +186,17 @@ def main(args: Args) -> None:
         writer = csv.DictWriter(f, fieldnames=list(prediction[0]))
         writer.writeheader()
         writer.writerows(prediction)
-    with open(args.out / "rollouts.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rollouts[0]))
-        writer.writeheader()
-        writer.writerows(rollouts)
+    if rollouts:
+        with open(args.out / "rollouts.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rollouts[0]))
+            writer.writeheader()
+            writer.writerows(rollouts)
     machine = f"{platform.node()} ({os.cpu_count()} cores)"
     lines = [(f"# shield diagnostics {date.today()}, {machine}, PixelHazard level {args.level}, "
              f"{args.size}px; model: {args.train_steps} random agent steps, {args.updates} updates "
              f"({train_s:.0f} s); held-out balanced accuracy "
-             f"{accuracy['heldout_balanced_accuracy']:.2f}"), "",
+             f"{accuracy['heldout_balanced_accuracy']:.2f}; free_nats {args.free_nats or 'preset'}, "
+             f"kl_balance {args.kl_balance}, barrier input {args.barrier_input}"), "",
              "## One-step predictions (held-out random episodes)", "",
              ("| transition | n | B(prior mean, taken action) < 0 | same, opposite action | "
              "B(next posterior) < 0 | B(current posterior) < 0 |"), "|---|---|---|---|---|---|"]
@@ -190,6 +204,11 @@ def main(args: Args) -> None:
         lines.append(f"| {p['transition']} | {p['n']} | {p['pred_negative']:.2f} | "
                      f"{p['pred_negative_opposite_action']:.2f} | {p['next_posterior_negative']:.2f} | "
                      f"{p['current_posterior_negative']:.2f} |")
+    if not rollouts:
+        lines.append("")
+        (args.out / "summary.md").write_text("\n".join(lines))
+        print("\n".join(lines))
+        return
     lines += ["", (f"## Shielded rollouts ({args.episodes} held-out layouts x {args.episode_steps} "
               "agent steps per cell)"), "",
               ("| policy | filter | violating env steps | ratio vs no shield | intervention rate | "
