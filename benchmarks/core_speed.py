@@ -133,6 +133,9 @@ class Args:
     per collected step (measured on SafetyPointGoal1Vision, 6000 steps in 150-step episodes:
     no better than full episodes)."""
 
+    learn_name: str = "core_learning"
+    """File stem of the learning CSV/PNG in benchmarks/results (keep other curves apart)."""
+
     def shrunk(self) -> Args:
         """The ``--quick`` version of these arguments."""
         return replace(
@@ -382,7 +385,7 @@ def main(args: Args) -> None:
     torch.set_num_threads(args.threads)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "core_speed_quick" if args.quick else "core_speed"
-    learn_stem = "core_speed_quick_learning" if args.quick else "core_learning"
+    learn_stem = "core_speed_quick_learning" if args.quick else args.learn_name
     start = time.perf_counter()
     print(f"# {machine()}, load at start {load_1min():.2f}, torch threads {args.threads}")
     if args.timing:
