@@ -6,9 +6,9 @@ The barrier's held-out accuracy on SafetyPointGoal1Vision stays at chance (see
 ``benchmarks/core_speed.py``). This probe separates "the method" from "the data": it trains a
 plain supervised CNN classifier, frame -> (cost > 0), on random-policy frames of training layouts
 (class-balanced loss) and tests it on frames of other layouts. If that also stays at chance, the
-bottleneck is the number of unsafe frames a random policy produces, not the world model or the
-barrier. It also reports how much the mean unsafe and safe frames differ per horizontal band of
-the image (the hazard under the robot shows, if at all, near the bottom of the forward camera).
+difficulty is not specific to the world model or the barrier: single frames of this data do not
+carry a cue that generalises across layouts at this data size. It also reports how much the mean
+unsafe and safe frames differ per horizontal band of the image.
 
 Writes ``<out>/vision_cost_probe.md`` and ``.csv``.
 """
