@@ -18,9 +18,6 @@ Writes ``<out>/summary.md``, ``<out>/prediction.csv`` and ``<out>/rollouts.csv``
 
 from __future__ import annotations
 
-import csv
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from datetime import date
@@ -29,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import tyro
+from _report import machine, write_csv, write_markdown
 
 import lbwrap
 from lbwrap.barrier import BarrierConfig, FilterConfig, SafeActionFilter
@@ -182,17 +180,10 @@ def main(args: Args) -> None:
             print(f"{policy:13s} {name:40s} {result}", flush=True)
     env.close()
 
-    with open(args.out / "prediction.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(prediction[0]))
-        writer.writeheader()
-        writer.writerows(prediction)
+    write_csv(args.out / "prediction.csv", prediction, dated=False)
     if rollouts:
-        with open(args.out / "rollouts.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rollouts[0]))
-            writer.writeheader()
-            writer.writerows(rollouts)
-    machine = f"{platform.node()} ({os.cpu_count()} cores)"
-    lines = [(f"# shield diagnostics {date.today()}, {machine}, PixelHazard level {args.level}, "
+        write_csv(args.out / "rollouts.csv", rollouts, dated=False)
+    lines = [(f"# shield diagnostics {date.today()}, {machine()}, PixelHazard level {args.level}, "
              f"{args.size}px; model: {args.train_steps} random agent steps, {args.updates} updates "
              f"({train_s:.0f} s); held-out balanced accuracy "
              f"{accuracy['heldout_balanced_accuracy']:.2f}; free_nats {args.free_nats or 'preset'}, "
@@ -204,12 +195,14 @@ def main(args: Args) -> None:
         lines.append(f"| {p['transition']} | {p['n']} | {p['pred_negative']:.2f} | "
                      f"{p['pred_negative_opposite_action']:.2f} | {p['next_posterior_negative']:.2f} | "
                      f"{p['current_posterior_negative']:.2f} |")
-    if not rollouts:
-        lines.append("")
-        (args.out / "summary.md").write_text("\n".join(lines))
-        print("\n".join(lines))
-        return
-    lines += ["", (f"## Shielded rollouts ({args.episodes} held-out layouts x {args.episode_steps} "
+    if rollouts:
+        lines += rollout_table(rollouts, args)
+    write_markdown(args.out / "summary.md", lines)
+
+
+def rollout_table(rollouts: list[dict], args: Args) -> list[str]:
+    """Markdown lines of the shielded-rollout results, ratios against each policy's no-shield row."""
+    lines = ["", (f"## Shielded rollouts ({args.episodes} held-out layouts x {args.episode_steps} "
               "agent steps per cell)"), "",
               ("| policy | filter | violating env steps | ratio vs no shield | intervention rate | "
               "return / episode |"), "|---|---|---|---|---|---|"]
@@ -220,9 +213,7 @@ def main(args: Args) -> None:
             lines.append(f"| {policy} | {r['filter']} | {r['violations']} | "
                          f"{r['violations'] / max(base, 1):.2f} | {r['intervention_rate']:.2f} | "
                          f"{r['return_mean']:.1f} ± {r['return_std']:.1f} |")
-    text = "\n".join(lines) + "\n"
-    (args.out / "summary.md").write_text(text)
-    print(text)
+    return lines
 
 
 if __name__ == "__main__":

@@ -12,9 +12,6 @@ units. Writes ``<out>/state_sac_reference.md`` and ``.csv``.
 
 from __future__ import annotations
 
-import csv
-import os
-import platform
 import time
 from dataclasses import dataclass, field
 from datetime import date
@@ -24,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 import tyro
+from _report import machine, write_csv, write_markdown
 
 import lbwrap  # noqa: F401  (quiet gymnasium plugin import)
 from lbwrap.envs.pixel_hazard import LEVEL_NUM_HAZARDS, PixelHazardEnv
@@ -122,23 +120,15 @@ def main(args: Args) -> None:
         ent_coef, scale = setting.split(":")
         rows.append(run(args, ent_coef, float(scale)))
         print(rows[-1], flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "state_sac_reference.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["date", *rows[0]])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({"date": date.today(), **row})
-    lines = [(f"# SAC on PixelHazard's true state {date.today()}, {platform.node()} "
-              f"({os.cpu_count()} cores), level {args.level}, {args.agent_steps} agent steps "
+    write_csv(args.out / "state_sac_reference.csv", rows)
+    lines = [(f"# SAC on PixelHazard's true state {date.today()}, {machine()}, level {args.level}, {args.agent_steps} agent steps "
               f"(x2 env steps), seed {args.seed}, {args.eval_episodes} held-out episodes"), "",
              "| ent_coef | reward scale | eval return (env units) | eval cost | train s |",
              "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['ent_coef']} | {r['reward_scale']:g} | {r['eval_return_mean']:.1f} ± "
                      f"{r['eval_return_std']:.1f} | {r['eval_cost_mean']:.0f} | {r['train_s']:.0f} |")
-    text = "\n".join(lines) + "\n"
-    (args.out / "state_sac_reference.md").write_text(text)
-    print(text)
+    write_markdown(args.out / "state_sac_reference.md", lines)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,6 @@ Writes ``<out>/vision_cost_probe.md`` and ``.csv``.
 
 from __future__ import annotations
 
-import csv
-import os
-import platform
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -26,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import tyro
+from _report import machine, write_csv, write_markdown
 from torch import nn
 
 import lbwrap
@@ -106,13 +104,8 @@ def main(args: Args) -> None:
              "unsafe_fraction": float(y.mean()), "cnn_balanced_accuracy": accuracy[name],
              **{f"mean_abs_diff_band{i}": bands[name][i] for i in range(4)}}
             for name, eps, y in (("train", train, y_train), ("heldout", heldout, y_held))]
-    args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / "vision_cost_probe.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["date", *rows[0]])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({"date": date.today(), **row})
-    lines = [(f"# vision cost probe {date.today()}, {platform.node()} ({os.cpu_count()} cores), "
+    write_csv(args.out / "vision_cost_probe.csv", rows)
+    lines = [(f"# vision cost probe {date.today()}, {machine()}, "
              f"{args.env_id}, 64px, random policy; collection {collect_s:.0f} s, total {total_s:.0f} s"),
              "",
              ("| split | layouts | frames | unsafe frames (%) | per-frame CNN balanced accuracy | "
@@ -122,9 +115,7 @@ def main(args: Args) -> None:
         band = ", ".join(f"{r[f'mean_abs_diff_band{i}']:.3f}" for i in range(4))
         lines.append(f"| {r['split']} | {r['layouts']} | {r['frames']} | {r['unsafe_frames']} "
                      f"({100 * r['unsafe_fraction']:.1f} %) | {r['cnn_balanced_accuracy']:.3f} | {band} |")
-    text = "\n".join(lines) + "\n"
-    (args.out / "vision_cost_probe.md").write_text(text)
-    print(text)
+    write_markdown(args.out / "vision_cost_probe.md", lines)
 
 
 if __name__ == "__main__":
