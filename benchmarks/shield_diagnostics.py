@@ -5,10 +5,11 @@
 1. Trains a safety model (CPU preset) on random-policy PixelHazard data, as the core learning
    benchmark does, and reports its held-out balanced accuracy.
 2. **One-step predictions** on held-out random episodes, by transition type (safe -> unsafe
-   "entry", safe -> safe, unsafe -> safe "exit", unsafe -> unsafe): how often the shield's
-   predictor, B at the prior mean after the action actually taken, is negative; the same with
-   the *opposite* action (an action-aware predictor must differ); and B at the next posterior
-   (what the barrier knows once the frame arrives).
+   "entry", safe -> safe, unsafe -> safe "exit", unsafe -> unsafe): how often each shield
+   predictor flags the action actually taken, and the *opposite* action (an action-aware
+   predictor must differ): the paper's B at the prior mean, and the action-conditioned barrier
+   ``B_next(embedding, action)`` (:mod:`lbwrap.barrier.action_barrier`); plus B at the next
+   posterior (what the barrier knows once the frame arrives).
 3. **Shielded rollouts** on held-out layouts with three proposal policies (uniform random, a
    greedy goal-seeker that ignores hazards, the goal-seeker plus Gaussian noise) under several
    filter settings: violating env steps, intervention rate and return.
@@ -37,10 +38,19 @@ from lbwrap.safety_model import LatentSafetyModel, shield_decision
 POLICIES = ("random", "greedy", "noisy-greedy")
 FILTERS: dict[str, FilterConfig | None] = {
     "no shield": None,
-    "cbf, fallback max_barrier (default)": FilterConfig(condition="cbf"),
-    "cbf, fallback proposal": FilterConfig(condition="cbf", fallback="proposal"),
-    "barrier eps=0, fallback max_barrier": FilterConfig(condition="barrier", eps=0.0),
-    "cbf lookahead 2, fallback max_barrier": FilterConfig(condition="cbf", lookahead=2),
+    "action barrier (default)": FilterConfig(condition="barrier", eps=0.0,
+                                             predictor="action_barrier"),
+    "action barrier, fallback proposal": FilterConfig(condition="barrier", eps=0.0,
+                                                      predictor="action_barrier",
+                                                      fallback="proposal"),
+    "action barrier, eps=1": FilterConfig(condition="barrier", eps=1.0,
+                                          predictor="action_barrier"),
+    "action barrier, eps=2": FilterConfig(condition="barrier", eps=2.0,
+                                          predictor="action_barrier"),
+    "prior, cbf, fallback max_barrier": FilterConfig(condition="cbf"),
+    "prior, cbf, fallback proposal": FilterConfig(condition="cbf", fallback="proposal"),
+    "prior, barrier eps=0": FilterConfig(condition="barrier", eps=0.0),
+    "prior, cbf lookahead 2": FilterConfig(condition="cbf", lookahead=2),
 }
 
 
@@ -70,8 +80,12 @@ class Args:
     """Barrier input: ``stoch`` (paper) or ``features``."""
     rollouts: bool = True
     """Run the shielded rollouts (part 3); off: predictions only."""
+    filters: list[str] | None = None
+    """Names of the filter settings to roll out (default: all of ``FILTERS``)."""
     out: Path = Path("benchmarks/results/shield_diagnostics")
     """Output folder."""
+    model: Path | None = None
+    """Safety-model checkpoint: loaded when it exists (no training), else written after training."""
 
 
 def make_env(args: Args):
@@ -93,10 +107,13 @@ def one_step_predictions(safety: LatentSafetyModel, episodes) -> list[dict]:
         b_pred = barrier.value(wm.img_step(now, action, sample=False)).numpy()
         b_opp = barrier.value(wm.img_step(now, -action, sample=False)).numpy()
         b_post = barrier.value(posts.map(lambda x: x[0])).numpy()
+        embed = wm.embed(torch.as_tensor(ep["obs"][:-1]))
+        ab_pred = safety.action_barrier(embed, action).numpy()
+        ab_opp = safety.action_barrier(embed, -action).numpy()
         unsafe = ep["cost"] > kappa
         for t in range(len(unsafe) - 1):
             rows.append((bool(unsafe[t]), bool(unsafe[t + 1]), b_pred[t] < 0, b_opp[t] < 0,
-                         b_post[t + 1] < 0, b_post[t] < 0))
+                         b_post[t + 1] < 0, b_post[t] < 0, ab_pred[t] < 0, ab_opp[t] < 0))
     table = np.array(rows, dtype=float)
     kinds = {"entry (safe -> unsafe)": (0, 1), "safe -> safe": (0, 0),
              "exit (unsafe -> safe)": (1, 0), "unsafe -> unsafe": (1, 1)}
@@ -107,7 +124,10 @@ def one_step_predictions(safety: LatentSafetyModel, episodes) -> list[dict]:
                     "pred_negative": sel[:, 2].mean() if len(sel) else np.nan,
                     "pred_negative_opposite_action": sel[:, 3].mean() if len(sel) else np.nan,
                     "next_posterior_negative": sel[:, 4].mean() if len(sel) else np.nan,
-                    "current_posterior_negative": sel[:, 5].mean() if len(sel) else np.nan})
+                    "current_posterior_negative": sel[:, 5].mean() if len(sel) else np.nan,
+                    "action_barrier_negative": sel[:, 6].mean() if len(sel) else np.nan,
+                    "action_barrier_negative_opposite_action":
+                        sel[:, 7].mean() if len(sel) else np.nan})
     return out
 
 
@@ -117,7 +137,8 @@ def rollout(safety: LatentSafetyModel, env, args: Args, policy: str,
     if filter_cfg is not None:
         filter_cfg.seed = args.seed
         safety.shield_filter = SafeActionFilter(safety.world_model, safety.barrier, filter_cfg,
-                                                safety.action_low, safety.action_high)
+                                                safety.action_low, safety.action_high,
+                                                action_barrier=safety.action_barrier)
     rng = np.random.default_rng(args.seed)
     violations = interventions = steps = 0
     returns = []
@@ -137,7 +158,7 @@ def rollout(safety: LatentSafetyModel, env, args: Args, policy: str,
                     action = np.clip(action + rng.normal(0.0, 0.5, action.shape), -1, 1)
             action = action.astype(np.float32)
             if filter_cfg is not None:
-                decision = shield_decision(safety, tracker.state, action)
+                decision = shield_decision(safety, tracker.state, action, embed=tracker.embed)
                 action = decision.executed
                 interventions += int(decision.intervened[0])
             obs, reward, terminated, truncated, info = env.step(action[0])
@@ -163,8 +184,13 @@ def main(args: Args) -> None:
     safety = LatentSafetyModel.for_env(env, seed=args.seed, device="cpu",
                                        world_model_overrides=overrides,
                                        barrier=BarrierConfig(input=args.barrier_input))
-    add_episodes(safety, random_episodes(env, args.train_steps, args.seed))
-    safety.update(args.updates)
+    if args.model is not None and args.model.exists():
+        safety = LatentSafetyModel.load(args.model, device="cpu")
+    else:
+        add_episodes(safety, random_episodes(env, args.train_steps, args.seed))
+        safety.update(args.updates)
+        if args.model is not None:
+            safety.save(args.model)
     safety.eval()
     heldout = random_episodes(env, args.heldout_steps, 20_000 + args.seed)
     accuracy = heldout_barrier_accuracy(safety, heldout)
@@ -175,6 +201,8 @@ def main(args: Args) -> None:
     rollouts = []
     for policy in POLICIES if args.rollouts else ():
         for name, cfg in FILTERS.items():
+            if args.filters is not None and name != "no shield" and name not in args.filters:
+                continue
             result = rollout(safety, env, args, policy, None if cfg is None else FilterConfig(**asdict(cfg)))
             rollouts.append({"policy": policy, "filter": name, **result})
             print(f"{policy:13s} {name:40s} {result}", flush=True)
@@ -190,10 +218,15 @@ def main(args: Args) -> None:
              f"kl_balance {args.kl_balance}, barrier input {args.barrier_input}"), "",
              "## One-step predictions (held-out random episodes)", "",
              ("| transition | n | B(prior mean, taken action) < 0 | same, opposite action | "
-             "B(next posterior) < 0 | B(current posterior) < 0 |"), "|---|---|---|---|---|---|"]
+             "B_next(embedding, taken action) < 0 | same, opposite action | "
+             "B(next posterior) < 0 | B(current posterior) < 0 |"),
+             "|---|---|---|---|---|---|---|---|"]
     for p in prediction:
         lines.append(f"| {p['transition']} | {p['n']} | {p['pred_negative']:.2f} | "
-                     f"{p['pred_negative_opposite_action']:.2f} | {p['next_posterior_negative']:.2f} | "
+                     f"{p['pred_negative_opposite_action']:.2f} | "
+                     f"{p['action_barrier_negative']:.2f} | "
+                     f"{p['action_barrier_negative_opposite_action']:.2f} | "
+                     f"{p['next_posterior_negative']:.2f} | "
                      f"{p['current_posterior_negative']:.2f} |")
     if rollouts:
         lines += rollout_table(rollouts, args)

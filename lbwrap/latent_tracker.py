@@ -33,6 +33,13 @@ class LatentTracker:
         self.num_envs = int(num_envs)
         self.sample = bool(sample)
         self.state: LatentState = world_model.initial_state(self.num_envs)
+        self.embed: torch.Tensor = self._zero_embed()
+        """(N, E) encoder embeddings of the latest frames (zeros before the first): what an
+        action-conditioned shield (``FilterConfig(predictor="action_barrier")``) reads."""
+
+    def _zero_embed(self) -> torch.Tensor:
+        return torch.zeros(self.num_envs, self.world_model.embed_dim,
+                           device=self.world_model.device)
 
     @property
     def feature_dim(self) -> int:
@@ -69,12 +76,16 @@ class LatentTracker:
         wm.eval()
         try:
             sub = state if idx is None else state[idx]
-            new = wm.observe_step(sub, prev, obs, is_first_t, sample=self.sample)
+            embed = wm.embed(obs)
+            new = wm.observe_step(sub, prev, obs, is_first_t, sample=self.sample, embed=embed)
         finally:
             wm.train(was_training)
         if idx is None:
             self.state = new
+            self.embed = embed
         else:
+            self.embed = self.embed.to(device).clone()
+            self.embed[idx] = embed
             def put(old: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
                 old = old.clone()
                 old[idx] = value
@@ -89,3 +100,4 @@ class LatentTracker:
 
     def reset_all(self) -> None:
         self.state = self.world_model.initial_state(self.num_envs)
+        self.embed = self._zero_embed()

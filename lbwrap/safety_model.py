@@ -11,7 +11,9 @@ This is the piece users hold on to (pure torch, no Gymnasium or SB3 imports)::
 The readiness gate (``ready``) is the documented, measurable switch the shield uses: the barrier's
 balanced accuracy on real labelled states, averaged (EMA) over recent updates, must reach
 ``ready_accuracy`` after at least ``ready_min_updates`` updates and with at least
-``ready_min_unsafe`` unsafe states seen in training batches.
+``ready_min_unsafe`` unsafe states seen in training batches. When the shield predicts with the
+action-conditioned barrier (the default, see :mod:`lbwrap.barrier.action_barrier`), that
+network's balanced accuracy on real transitions (EMA) must reach ``ready_accuracy`` as well.
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ import torch
 from torch import nn
 
 from lbwrap.barrier import BarrierConfig, BarrierNet, BarrierTrainer, FilterConfig, SafeActionFilter
+from lbwrap.barrier.action_barrier import (
+    ActionBarrierConfig,
+    ActionBarrierNet,
+    action_barrier_loss,
+    transitions,
+)
 from lbwrap.world_model import SequenceReplay, WorldModel, WorldModelConfig, WorldModelTrainer
 from lbwrap.world_model.checkpoint import atomic_torch_save
 
@@ -53,7 +61,11 @@ class SafetyModelConfig:
     world_model: WorldModelConfig = field(default_factory=WorldModelConfig.cpu)
     barrier: BarrierConfig = field(default_factory=BarrierConfig)
     filter: FilterConfig | None = None
-    """Shield settings; ``None`` takes dt/alpha/eps from ``barrier``."""
+    """Shield settings. ``None``: with ``action_barrier`` set, ``FilterConfig(condition="barrier",
+    eps=0, predictor="action_barrier")``; without, dt/alpha/eps from ``barrier`` and the prior."""
+    action_barrier: ActionBarrierConfig | None = field(default_factory=ActionBarrierConfig)
+    """The action-conditioned next-state barrier the shield predicts with (trained in every
+    :meth:`LatentSafetyModel.update`); ``None`` leaves it out (the paper's prior-based shield)."""
     world_model_lr: float = 6e-4
     """Adam learning rate of the world model (paper: 1e-5, far too slow at CPU budgets)."""
     batch_size: int = 16
@@ -80,6 +92,13 @@ class SafetyModelConfig:
             self.barrier = BarrierConfig(**self.barrier)
         if isinstance(self.filter, dict):
             self.filter = FilterConfig(**self.filter)
+        if isinstance(self.action_barrier, dict):
+            self.action_barrier = ActionBarrierConfig(**self.action_barrier)
+        if self.action_barrier is None and self.filter_config.predictor == "action_barrier":
+            raise ValueError(
+                "SafetyModelConfig.filter uses predictor='action_barrier' but action_barrier is "
+                "None: set action_barrier=ActionBarrierConfig() or use predictor='prior'"
+            )
         for name in ("batch_size", "seq_len", "replay_capacity", "ready_min_updates"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"SafetyModelConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -92,13 +111,20 @@ class SafetyModelConfig:
 
     @property
     def filter_config(self) -> FilterConfig:
-        return self.filter if self.filter is not None else FilterConfig.from_barrier_config(self.barrier)
+        """The shield's settings (``filter``, or the default described there)."""
+        if self.filter is not None:
+            return self.filter
+        if self.action_barrier is not None:
+            return FilterConfig(condition="barrier", eps=0.0, predictor="action_barrier")
+        return FilterConfig.from_barrier_config(self.barrier)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["world_model"] = self.world_model.to_dict()
         out["barrier"] = self.barrier.to_dict()
         out["filter"] = asdict(self.filter) if self.filter is not None else None
+        out["action_barrier"] = (self.action_barrier.to_dict()
+                                 if self.action_barrier is not None else None)
         return out
 
 
@@ -155,16 +181,27 @@ class LatentSafetyModel(nn.Module):
         # readiness statistics travel with the weights
         self.register_buffer("accuracy_ema", torch.tensor(float("nan")))
         self.register_buffer("unsafe_seen", torch.tensor(0, dtype=torch.long))
+        self.action_barrier: ActionBarrierNet | None = None
+        self.action_barrier_trainer: BarrierTrainer | None = None
+        if config.action_barrier is not None:
+            self.action_barrier = ActionBarrierNet.from_config(
+                config.action_barrier, self.world_model.embed_dim, wm_cfg.action_dim)
+            self.register_buffer("action_accuracy_ema", torch.tensor(float("nan")))
         self.to(resolve_device(device))
         self.wm_trainer = WorldModelTrainer(self.world_model, lr=config.world_model_lr)
         self.barrier_trainer = BarrierTrainer(self.barrier, config.barrier)
+        if self.action_barrier is not None and config.action_barrier is not None:
+            self.action_barrier_trainer = BarrierTrainer(  # its Adam/clip/skip loop, other params
+                self.action_barrier, config.barrier, lr=config.action_barrier.lr,
+                grad_clip=config.action_barrier.grad_clip)
         self.generator = torch.Generator(device=self.device)
         if seed is not None:
             self.generator.manual_seed(int(seed))
         filter_cfg = config.filter_config
         if seed is not None and filter_cfg.seed is None:
             filter_cfg = FilterConfig(**{**asdict(filter_cfg), "seed": int(seed)})
-        self.shield_filter = SafeActionFilter(self.world_model, self.barrier, filter_cfg, low, high)
+        self.shield_filter = SafeActionFilter(self.world_model, self.barrier, filter_cfg, low, high,
+                                              action_barrier=self.action_barrier)
         self.num_envs = int(num_envs)
         self.replay = SequenceReplay(
             config.replay_capacity, self.obs_shape, wm_cfg.action_dim, num_envs=self.num_envs,
@@ -272,10 +309,11 @@ class LatentSafetyModel(nn.Module):
 
     # ------------------------------------------------------------------ learning
     def update(self, num_updates: int = 1) -> dict[str, float]:
-        """``num_updates`` x (one world-model update, then one barrier update on its posteriors).
+        """``num_updates`` x (one world-model update, then one barrier update on its posteriors,
+        then one action-barrier update on the batch's frame embeddings, if configured).
 
-        Returns the metrics of the last update, prefixed ``world_model/`` and ``barrier/``,
-        plus ``safety/ready`` and ``safety/accuracy_ema``.
+        Returns the metrics of the last update, prefixed ``world_model/``, ``barrier/`` and
+        ``action_barrier/``, plus ``safety/ready`` and ``safety/accuracy_ema``.
         """
         if num_updates < 1:
             return {}
@@ -297,21 +335,45 @@ class LatentSafetyModel(nn.Module):
             self._update_readiness(batch["cost"], b_metrics)
             metrics = {f"world_model/{k}": v for k, v in wm_metrics.items()}
             metrics.update({f"barrier/{k}": v for k, v in b_metrics.items()})
+            if self.action_barrier is not None:
+                metrics.update({f"action_barrier/{k}": v
+                                for k, v in self._update_action_barrier(out.embed, batch).items()})
         metrics["safety/accuracy_ema"] = float(self.accuracy_ema)
         metrics["safety/ready"] = float(self.ready)
         metrics["safety/unsafe_seen"] = float(self.unsafe_seen)
         return metrics
 
-    def _update_readiness(self, cost: torch.Tensor, metrics: dict[str, float]) -> None:
-        self.unsafe_seen += int((cost > self.config.barrier.kappa).sum())
-        acc = metrics.get("balanced_accuracy_real", math.nan)
-        if not math.isfinite(acc):
+    def _update_action_barrier(
+        self, embed: torch.Tensor | None, batch: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
+        assert self.action_barrier is not None and self.action_barrier_trainer is not None
+        if embed is None:
+            raise RuntimeError("the world model's loss returned no embeddings")
+        pairs = transitions(embed, batch["action"], batch["cost"], batch["is_first"])
+        assert self.config.action_barrier is not None
+        metrics: dict[str, float] = {}
+        for step in range(self.config.action_barrier.steps_per_batch):
+            loss, step_metrics = action_barrier_loss(self.action_barrier, *pairs,
+                                                     kappa=self.config.barrier.kappa)
+            if step == 0:  # measured before this batch trained it
+                metrics = step_metrics
+            metrics.update(self.action_barrier_trainer.step(loss))
+        self._ema(self.action_accuracy_ema, metrics["balanced_accuracy"])
+        metrics["accuracy_ema"] = float(self.action_accuracy_ema)
+        return metrics
+
+    def _ema(self, buffer: torch.Tensor, value: float) -> None:
+        if not math.isfinite(value):
             return
-        if not math.isfinite(float(self.accuracy_ema)):
-            self.accuracy_ema.fill_(acc)
+        if not math.isfinite(float(buffer)):
+            buffer.fill_(value)
         else:
             beta = self.config.accuracy_ema
-            self.accuracy_ema.mul_(beta).add_((1 - beta) * acc)
+            buffer.mul_(beta).add_((1 - beta) * value)
+
+    def _update_readiness(self, cost: torch.Tensor, metrics: dict[str, float]) -> None:
+        self.unsafe_seen += int((cost > self.config.barrier.kappa).sum())
+        self._ema(self.accuracy_ema, metrics.get("balanced_accuracy_real", math.nan))
 
     @property
     def ready(self) -> bool:
@@ -319,12 +381,13 @@ class LatentSafetyModel(nn.Module):
         if self.force_ready is not None:
             return bool(self.force_ready)
         cfg = self.config
-        acc = float(self.accuracy_ema)
+        accuracies = [float(self.accuracy_ema)]
+        if self.shield_filter.config.predictor == "action_barrier":
+            accuracies.append(float(self.action_accuracy_ema))
         return (
             self.barrier_trainer.num_updates >= cfg.ready_min_updates
             and int(self.unsafe_seen) >= cfg.ready_min_unsafe
-            and math.isfinite(acc)
-            and acc >= cfg.ready_accuracy
+            and all(math.isfinite(acc) and acc >= cfg.ready_accuracy for acc in accuracies)
         )
 
     # ------------------------------------------------------------------ persistence
@@ -342,6 +405,8 @@ class LatentSafetyModel(nn.Module):
             "world_model_trainer": self.wm_trainer.state_dict(),
             "barrier_trainer": self.barrier_trainer.state_dict(),
         }
+        if self.action_barrier_trainer is not None:
+            payload["action_barrier_trainer"] = self.action_barrier_trainer.state_dict()
         if include_replay:
             payload["replay"] = self.replay.state_dict()
         return payload
@@ -354,7 +419,7 @@ class LatentSafetyModel(nn.Module):
     def load(cls, path: str | Path, device: str | torch.device = "auto") -> LatentSafetyModel:
         """Rebuild a model (and its optimisers, and the replay if it was saved) from ``path``."""
         payload = _read(path)
-        config = SafetyModelConfig(**payload["config"])
+        config = SafetyModelConfig(**_config_dict(payload))
         model = cls(config, payload["action_low"], payload["action_high"],
                     num_envs=payload.get("num_envs", 1), device=device, seed=payload.get("seed"))
         model._restore(payload)
@@ -363,13 +428,15 @@ class LatentSafetyModel(nn.Module):
     def load_checkpoint(self, path: str | Path) -> None:
         """Load ``path`` into this model; refuses a checkpoint of another configuration."""
         payload = _read(path)
-        saved = SafetyModelConfig(**payload["config"])
+        saved = SafetyModelConfig(**_config_dict(payload))
         diffs = saved.world_model.differences(self.config.world_model)
-        if diffs or saved.barrier.to_dict() != self.config.barrier.to_dict():
+        saved_ab, own_ab = saved.action_barrier, self.config.action_barrier
+        ab_differs = (saved_ab.to_dict() if saved_ab else None) != (own_ab.to_dict() if own_ab else None)
+        if diffs or saved.barrier.to_dict() != self.config.barrier.to_dict() or ab_differs:
             detail = ", ".join(
                 f"{d}: checkpoint {getattr(saved.world_model, d)!r} vs model "
                 f"{getattr(self.config.world_model, d)!r}" for d in diffs
-            ) or "barrier settings differ"
+            ) or ("action-barrier settings differ" if ab_differs else "barrier settings differ")
             raise IncompatibleCheckpointError(
                 f"{path} was saved from a differently configured safety model ({detail}). "
                 "Use LatentSafetyModel.load(path) to rebuild it as saved."
@@ -380,8 +447,18 @@ class LatentSafetyModel(nn.Module):
         self.load_state_dict(payload["state_dict"])
         self.wm_trainer.load_state_dict(payload["world_model_trainer"])
         self.barrier_trainer.load_state_dict(payload["barrier_trainer"])
+        if self.action_barrier_trainer is not None:
+            self.action_barrier_trainer.load_state_dict(payload["action_barrier_trainer"])
         if "replay" in payload:
             self.replay.load_state_dict(payload["replay"])
+
+
+def _config_dict(payload: dict[str, Any]) -> dict[str, Any]:
+    """The saved config; checkpoints from before the action barrier existed were saved without
+    one, and are rebuilt that way."""
+    config = dict(payload["config"])
+    config.setdefault("action_barrier", None)
+    return config
 
 
 def _read(path: str | Path) -> dict[str, Any]:
@@ -429,8 +506,14 @@ class ShieldDecision:
     """(N,) bool: the executed action meets the barrier condition (True when inactive)."""
 
 
-def shield_decision(safety: LatentSafetyModel, state: Any, proposed: np.ndarray) -> ShieldDecision:
-    """Run the safe-action filter on a batch when ``safety.ready``; pass proposals through (clipped) otherwise."""
+def shield_decision(
+    safety: LatentSafetyModel, state: Any, proposed: np.ndarray, embed: torch.Tensor | None = None
+) -> ShieldDecision:
+    """Run the safe-action filter on a batch when ``safety.ready``; pass proposals through (clipped) otherwise.
+
+    ``embed``: the encoder embeddings of the current frames (``LatentTracker.embed``), needed by
+    the action-conditioned shield.
+    """
     low = safety.action_low.cpu().numpy()
     high = safety.action_high.cpu().numpy()
     proposed = np.asarray(proposed, dtype=np.float32).reshape(-1, safety.action_dim)
@@ -444,7 +527,9 @@ def shield_decision(safety: LatentSafetyModel, state: Any, proposed: np.ndarray)
     safety.eval()
     try:
         with torch.no_grad():
-            result = safety.shield_filter(state.to(safety.device), torch.as_tensor(clipped, device=safety.device))
+            result = safety.shield_filter(state.to(safety.device),
+                                          torch.as_tensor(clipped, device=safety.device),
+                                          embed=None if embed is None else embed.to(safety.device))
     finally:
         safety.train(was_training)
     executed = np.clip(result.actions.float().cpu().numpy(), low, high)
@@ -476,6 +561,8 @@ def barrier_penalty(
     transition starts an episode.
     """
     cfg = safety.config.filter_config
+    if cfg.predictor == "action_barrier":  # its eps is on the logit scale; B(z) uses the barrier's
+        cfg = FilterConfig.from_barrier_config(safety.config.barrier)
     margin = np.maximum(cfg.eps - b_next, 0.0)
     if mode == "margin":
         return margin.astype(np.float32)

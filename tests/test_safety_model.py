@@ -58,9 +58,23 @@ def test_readiness_gate(tiny_safety):
     safety.accuracy_ema.fill_(0.69)
     assert not safety.ready
     safety.accuracy_ema.fill_(0.71)
+    safety.action_accuracy_ema.fill_(0.69)  # the default shield predicts with the action barrier
+    assert not safety.ready
+    safety.action_accuracy_ema.fill_(0.71)
     assert safety.ready
     safety.force_ready = False
     assert not safety.ready
+
+
+def test_readiness_gate_without_action_barrier(tiny_safety):
+    safety = tiny_safety(hazard(), ready_min_updates=2, ready_min_unsafe=1, ready_accuracy=0.7,
+                         action_barrier=None)
+    assert safety.action_barrier is None
+    assert safety.shield_filter.config.predictor == "prior"
+    safety.barrier_trainer.num_updates = 2
+    safety.unsafe_seen.fill_(5)
+    safety.accuracy_ema.fill_(0.71)
+    assert safety.ready
 
 
 def test_checkpoint_round_trip(tmp_path, tiny_safety):

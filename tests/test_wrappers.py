@@ -20,11 +20,14 @@ def pixel_hazard(size=32, **kw):
 
 
 def make_barrier_negative(safety) -> None:
-    """Force B(z) < 0 everywhere: every proposal fails, so an active shield always intervenes."""
-    last = [m for m in safety.barrier.modules() if isinstance(m, torch.nn.Linear)][-1]
-    with torch.no_grad():
-        last.weight.zero_()
-        last.bias.fill_(-1.0)
+    """Force B(z) < 0 and B_next(e, a) < 0 everywhere: every proposal fails (whichever predictor
+    the shield uses), so an active shield always intervenes."""
+    nets = [safety.barrier] + ([safety.action_barrier] if safety.action_barrier is not None else [])
+    for net in nets:
+        last = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+        with torch.no_grad():
+            last.weight.zero_()
+            last.bias.fill_(-1.0)
 
 
 def test_wrapped_envs_pass_checkers(tiny_safety):
@@ -49,10 +52,14 @@ def test_latent_observation_info_contract(scripted_env_cls, tiny_safety):
     assert "episode_start_pixels" not in info2 and (info2["pixels"] == 2).all()
 
 
-def test_shield_executed_action_reaches_env_and_world_model(scripted_env_cls, tiny_safety):
+@pytest.mark.parametrize("predictor", ["action_barrier", "prior"])
+def test_shield_executed_action_reaches_env_and_world_model(scripted_env_cls, tiny_safety,
+                                                            predictor):
     inner = scripted_env_cls()
     pixel_env = lbwrap.as_pixel_env(inner, size=32)
-    safety = tiny_safety(pixel_env)
+    extra = {} if predictor == "action_barrier" else {"action_barrier": None}
+    safety = tiny_safety(pixel_env, **extra)
+    assert safety.shield_filter.config.predictor == predictor
     make_barrier_negative(safety)
     safety.force_ready = True
     env = BarrierShield(LatentObservation(pixel_env, safety), safety)

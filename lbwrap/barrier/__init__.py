@@ -3,6 +3,7 @@
 Pure PyTorch; sees the world model only through :class:`lbwrap.latent_state.LatentDynamics`.
 """
 
+from .action_barrier import ActionBarrierConfig, ActionBarrierNet, action_barrier_loss
 from .config import BarrierConfig, BarrierInput, LossForm
 from .filter import FilterConfig, FilterResult, SafeActionFilter
 from .losses import (
@@ -21,6 +22,8 @@ from .rollout import Policy, imagine, uniform_actions
 from .trainer import BarrierTrainer
 
 __all__ = [
+    "ActionBarrierConfig",
+    "ActionBarrierNet",
     "BarrierConfig",
     "BarrierInput",
     "BarrierNet",
@@ -31,6 +34,7 @@ __all__ = [
     "LossForm",
     "Policy",
     "SafeActionFilter",
+    "action_barrier_loss",
     "barrier_loss",
     "compute_barrier_loss",
     "decrease_lhs",

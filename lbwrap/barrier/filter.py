@@ -10,6 +10,11 @@ Note on the ``cbf`` condition with the paper's ``dt = 0.02, alpha = 1``: it requ
 even deep inside the safe set. That is much stricter than ``barrier`` (``B(z') >= eps``) and
 makes the shield intervene whenever the agent heads towards the boundary; choose ``dt`` /
 ``alpha`` for the shield deliberately.
+
+``predictor="action_barrier"`` replaces "B at the prior mean" by an
+:class:`~lbwrap.barrier.action_barrier.ActionBarrierNet` ``B_next(e, a)`` evaluated on the
+encoder embedding ``e`` of the current frame (pass ``embed=`` to the call); it needs
+``condition="barrier"`` and ``lookahead=1`` (see that module for why it exists).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import torch
 from lbwrap.latent_state import LatentDynamics, LatentState
 
 from . import _random
+from .action_barrier import ActionBarrierNet
 from .config import BarrierConfig
 from .losses import decrease_lhs
 from .network import BarrierNet
@@ -60,6 +66,10 @@ class FilterConfig:
     0.68x but raised a goal-seeking policy's to 1.38x (it fights the agent inside hazards, where
     the learned prior predicts nearly the same B for every action); ``proposal`` was neutral for
     the goal-seeker (0.99x) and gave up the random policy's benefit (1.29x)."""
+    predictor: Literal["prior", "action_barrier"] = "prior"
+    """How B after an action is predicted: ``"prior"`` (the paper) rolls the world model's prior
+    mean and evaluates B(z'); ``"action_barrier"`` evaluates an :class:`ActionBarrierNet` on the
+    current frame's embedding and the action (``condition="barrier"``, ``lookahead=1`` only)."""
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -80,6 +90,15 @@ class FilterConfig:
         if self.fallback not in ("max_barrier", "proposal"):
             raise ValueError(
                 f"fallback: expected 'max_barrier' or 'proposal', actual {self.fallback!r}"
+            )
+        if self.predictor not in ("prior", "action_barrier"):
+            raise ValueError(
+                f"predictor: expected 'prior' or 'action_barrier', actual {self.predictor!r}"
+            )
+        if self.predictor == "action_barrier" and (self.condition != "barrier" or self.lookahead != 1):
+            raise ValueError(
+                "predictor='action_barrier' predicts one step on its own (logit) scale: use "
+                f"condition='barrier' and lookahead=1, actual {self.condition!r} and {self.lookahead}"
             )
 
     @classmethod
@@ -117,6 +136,7 @@ class SafeActionFilter:
         barrier: the barrier network.
         config: :class:`FilterConfig`.
         action_low, action_high: the action box, shape (action_dim,), ``low < high``.
+        action_barrier: the network ``predictor="action_barrier"`` uses (required then).
     """
 
     def __init__(
@@ -126,7 +146,14 @@ class SafeActionFilter:
         config: FilterConfig,
         action_low: ArrayLike,
         action_high: ArrayLike,
+        action_barrier: ActionBarrierNet | None = None,
     ) -> None:
+        if config.predictor == "action_barrier" and action_barrier is None:
+            raise ValueError(
+                "FilterConfig(predictor='action_barrier') needs the action_barrier network; "
+                "pass action_barrier=... or use predictor='prior'"
+            )
+        self.action_barrier = action_barrier
         self.dynamics = dynamics
         self.barrier = barrier
         self.config = config
@@ -180,14 +207,19 @@ class SafeActionFilter:
         return torch.cat(parts, dim=1)
 
     def _check(
-        self, state: LatentState, action: torch.Tensor, b_now: torch.Tensor
+        self, state: LatentState, action: torch.Tensor, b_now: torch.Tensor,
+        embed: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Roll ``lookahead`` mean-prior steps repeating ``action``.
+        """Roll ``lookahead`` mean-prior steps repeating ``action`` (or ask the action barrier).
 
         Returns ``(ok, worst_b, b_first)``: condition held at every step, min B over the steps,
         B after the first step.
         """
         cfg = self.config
+        if cfg.predictor == "action_barrier":
+            assert self.action_barrier is not None and embed is not None
+            b = self.action_barrier(embed, action)
+            return b >= cfg.eps, b, b
         ok = torch.ones_like(b_now, dtype=torch.bool)
         prev, worst, first = b_now, None, None
         for _ in range(cfg.lookahead):
@@ -204,8 +236,14 @@ class SafeActionFilter:
         return ok, worst, first
 
     @torch.no_grad()
-    def __call__(self, state: LatentState, proposed: ArrayLike) -> FilterResult:
-        """Filter proposals (N, A) at latent states (N, ...); see the module docstring."""
+    def __call__(
+        self, state: LatentState, proposed: ArrayLike, embed: torch.Tensor | None = None
+    ) -> FilterResult:
+        """Filter proposals (N, A) at latent states (N, ...); see the module docstring.
+
+        ``embed`` (N, E): encoder embeddings of the current frames, required (and only used) with
+        ``predictor="action_barrier"``.
+        """
         ref = state.stoch
         prop = torch.as_tensor(np.asarray(proposed) if not torch.is_tensor(proposed) else proposed)
         prop = prop.to(device=ref.device, dtype=ref.dtype)
@@ -216,15 +254,17 @@ class SafeActionFilter:
             )
         low, high = self._box(prop)
         prop = torch.maximum(torch.minimum(prop, high), low)
+        if self.action_barrier is not None and self.config.predictor == "action_barrier":
+            embed = self._check_embed(embed, n, ref)
         b_now = self.barrier.value(state)
-        ok, _, b_next_prop = self._check(state, prop, b_now)
+        ok, _, b_next_prop = self._check(state, prop, b_now, embed)
 
         actions, feasible, b_next_exec = prop.clone(), ok.clone(), b_next_prop.clone()
         intervened = ~ok
         rows = torch.nonzero(~ok).squeeze(-1)
         if rows.numel() > 0:
             cand_actions, cand_feasible, cand_b = self._substitute(
-                state[rows], prop[rows], b_now[rows]
+                state[rows], prop[rows], b_now[rows], None if embed is None else embed[rows]
             )
             if self.config.fallback == "proposal":  # no safe candidate: leave the agent's action
                 cand_actions = torch.where(cand_feasible.unsqueeze(-1), cand_actions, prop[rows])
@@ -242,14 +282,30 @@ class SafeActionFilter:
             b_next_executed=b_next_exec,
         )
 
+    def _check_embed(self, embed: torch.Tensor | None, n: int, ref: torch.Tensor) -> torch.Tensor:
+        assert self.action_barrier is not None
+        if embed is None:
+            raise ValueError(
+                "predictor='action_barrier' needs embed=: the world model's embedding of the "
+                "current frames (LatentTracker.embed)"
+            )
+        embed = torch.as_tensor(embed).to(device=ref.device, dtype=ref.dtype)
+        expected = (n, self.action_barrier.embed_dim)
+        if tuple(embed.shape) != expected:
+            raise ValueError(f"embed: expected shape {expected}, actual {tuple(embed.shape)}")
+        return embed
+
     def _substitute(
-        self, state: LatentState, prop: torch.Tensor, b_now: torch.Tensor
+        self, state: LatentState, prop: torch.Tensor, b_now: torch.Tensor,
+        embed: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Best candidate per row: closest satisfying one, else the largest worst-case B."""
         cand = self.sample_candidates(prop)  # (m, K, A)
         m, k, a = cand.shape
         rep = state.map(lambda t: t.repeat_interleave(k, dim=0))
-        ok, worst, first = self._check(rep, cand.reshape(m * k, a), b_now.repeat_interleave(k))
+        rep_embed = None if embed is None else embed.repeat_interleave(k, dim=0)
+        ok, worst, first = self._check(rep, cand.reshape(m * k, a), b_now.repeat_interleave(k),
+                                       rep_embed)
         ok, worst, first = ok.view(m, k), worst.view(m, k), first.view(m, k)
         dist = (cand - prop.unsqueeze(1)).norm(dim=-1)
         dist = torch.where(ok, dist, torch.full_like(dist, float("inf")))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+import torch
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
@@ -47,6 +48,11 @@ class VecLatentObservation(VecEnvWrapper):
     @property
     def latent_state(self) -> LatentState:
         return self.tracker.state
+
+    @property
+    def latent_embed(self) -> torch.Tensor:
+        """(N, E) encoder embeddings of the latest frames (what the action barrier reads)."""
+        return self.tracker.embed
 
     def _chw(self, frames: np.ndarray) -> np.ndarray:
         frames = np.asarray(frames)
@@ -125,7 +131,8 @@ class VecBarrierShield(VecEnvWrapper):
 
     def step_async(self, actions: np.ndarray) -> None:
         self._proposed = np.asarray(actions, np.float32).reshape(self.num_envs, -1)
-        self._decision = shield_decision(self.safety, self.latent.latent_state, self._proposed)
+        self._decision = shield_decision(self.safety, self.latent.latent_state, self._proposed,
+                                         embed=self.latent.latent_embed)
         self.venv.step_async(self._decision.executed)
 
     def step_wait(self):

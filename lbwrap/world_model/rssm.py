@@ -39,14 +39,16 @@ Policy = Callable[[LatentState], torch.Tensor]
 class WorldModelOutput:
     """Result of :meth:`WorldModel.loss`.
 
-    ``posts``/``priors`` are detached (B, T, ...) states: training a barrier or actor on them
-    never sends gradients into the world model.
+    ``posts``/``priors`` are detached (B, T, ...) states and ``embed`` the detached encoder
+    embeddings (B, T, E) of the frames: training a barrier or actor on them never sends gradients
+    into the world model.
     """
 
     loss: torch.Tensor
     metrics: dict[str, float]
     posts: LatentState
     priors: LatentState
+    embed: torch.Tensor | None = None
 
 
 def gaussian_kl(
@@ -234,13 +236,14 @@ class WorldModel(nn.Module):
     def observe_step(
         self, state: LatentState | None, prev_action: torch.Tensor | np.ndarray,
         obs: torch.Tensor | np.ndarray, is_first: torch.Tensor | np.ndarray | None = None,
-        sample: bool = True,
+        sample: bool = True, embed: torch.Tensor | None = None,
     ) -> LatentState:
         """One filtering step for N envs: ``obs`` uint8 (N, C, H, W) -> posterior (N, ...).
 
         ``prev_action`` (N, A) is the action that led into ``obs``. Rows with ``is_first``
-        (N,) are reset first; ``state=None`` means the initial state. Gradients are not
-        disabled here: wrap the call in ``torch.no_grad()`` when acting.
+        (N,) are reset first; ``state=None`` means the initial state. ``embed``: ``embed(obs)``
+        when the caller already computed it. Gradients are not disabled here: wrap the call in
+        ``torch.no_grad()`` when acting.
         """
         obs = self._tensor(obs)
         if obs.dim() != 4:
@@ -256,7 +259,8 @@ class WorldModel(nn.Module):
         if is_first is not None:
             first = self._tensor(is_first, torch.bool).reshape(n)
             state, prev_action = self._reset(state, prev_action, first, init)
-        post, _ = self.obs_step(state, prev_action, self.embed(obs), sample)
+        post, _ = self.obs_step(state, prev_action, self.embed(obs) if embed is None else embed,
+                                sample)
         return post
 
     def imagine(
@@ -362,7 +366,7 @@ class WorldModel(nn.Module):
         values = torch.stack([image_loss, reward_loss, cost_loss, kl.mean(), kl_loss, loss])
         metrics = dict(zip(names, values.detach().cpu().tolist()))  # one device sync
         return WorldModelOutput(loss=loss, metrics=metrics, posts=posts.detach(),
-                                priors=priors.detach())
+                                priors=priors.detach(), embed=embed.detach())
 
     # ------------------------------------------------------------ checkpoints
     def save(self, path: str | os.PathLike) -> None:

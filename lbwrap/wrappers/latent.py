@@ -58,6 +58,11 @@ class LatentObservation(gym.Wrapper):
         """The current posterior :class:`~lbwrap.latent_state.LatentState` (batch of 1)."""
         return self.tracker.state
 
+    @property
+    def latent_embed(self):
+        """(1, E) encoder embedding of the latest frame (what the action barrier reads)."""
+        return self.tracker.embed
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         frame, info = self.env.reset(seed=seed, options=options)
         frame = self._chw(np.asarray(frame))

@@ -47,7 +47,8 @@ class BarrierShield(gym.Wrapper):
 
     def step(self, action: Any):
         proposed = np.asarray(action, dtype=np.float32).reshape(1, -1)
-        decision = shield_decision(self.safety, self.latent.latent_state, proposed)
+        decision = shield_decision(self.safety, self.latent.latent_state, proposed,
+                                   embed=self.latent.latent_embed)
         executed = decision.executed[0]
         obs, reward, terminated, truncated, info = self.env.step(executed)
         info = dict(info)
