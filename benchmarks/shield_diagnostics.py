@@ -1,6 +1,8 @@
 """Why the shield helps some policies and hurts others: one-step predictions and shielded rollouts.
 
     python benchmarks/shield_diagnostics.py                     # PixelHazard level 1, ~5 min
+    python benchmarks/shield_diagnostics.py --train-steps 30000 --updates 600 \
+        --out benchmarks/results/shield_diagnostics/data30k      # more data, ~8 min
 
 1. Trains a safety model (CPU preset) on random-policy PixelHazard data, as the core learning
    benchmark does, and reports its held-out balanced accuracy.
@@ -33,20 +35,20 @@ import lbwrap
 from lbwrap.barrier import BarrierConfig, FilterConfig, SafeActionFilter
 from lbwrap.eval.barrier_accuracy import add_episodes, heldout_barrier_accuracy, random_episodes
 from lbwrap.latent_tracker import LatentTracker
-from lbwrap.safety_model import LatentSafetyModel, shield_decision
+from lbwrap.safety_model import ACTION_BARRIER_EPS, LatentSafetyModel, shield_decision
 
 POLICIES = ("random", "greedy", "noisy-greedy")
 FILTERS: dict[str, FilterConfig | None] = {
     "no shield": None,
-    "action barrier (default)": FilterConfig(condition="barrier", eps=0.0,
-                                             predictor="action_barrier"),
-    "action barrier, fallback proposal": FilterConfig(condition="barrier", eps=0.0,
-                                                      predictor="action_barrier",
-                                                      fallback="proposal"),
+    "action barrier, eps=0": FilterConfig(condition="barrier", eps=0.0,
+                                          predictor="action_barrier"),
+    "action barrier, eps=0, fallback proposal": FilterConfig(condition="barrier", eps=0.0,
+                                                             predictor="action_barrier",
+                                                             fallback="proposal"),
     "action barrier, eps=1": FilterConfig(condition="barrier", eps=1.0,
                                           predictor="action_barrier"),
-    "action barrier, eps=2": FilterConfig(condition="barrier", eps=2.0,
-                                          predictor="action_barrier"),
+    "action barrier, eps=2 (default)": FilterConfig(condition="barrier", eps=ACTION_BARRIER_EPS,
+                                                    predictor="action_barrier"),
     "prior, cbf, fallback max_barrier": FilterConfig(condition="cbf"),
     "prior, cbf, fallback proposal": FilterConfig(condition="cbf", fallback="proposal"),
     "prior, barrier eps=0": FilterConfig(condition="barrier", eps=0.0),

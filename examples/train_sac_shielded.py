@@ -78,6 +78,10 @@ class Args:
     refresh_every: int | None = None
     """Env steps between re-filterings of SAC's stored latents with the current world model
     (LatentRefresher; 0: off; preset: 0)."""
+    shield_predictor: Literal["action_barrier", "prior"] | None = None
+    """How the shield predicts B after an action (preset: action_barrier): the action-conditioned
+    barrier on the frame's embedding, or the paper's B at the world model's one-step prior (see
+    benchmarks/shield_diagnostics.py for why the default differs from the paper)."""
     train_every: int | None = None
     """Env steps between safety-model (world model + barrier) training calls (quick 200,
     paper 1000)."""
@@ -135,6 +139,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model_learning_starts": 1000, "model_batch": 16, "model_seq_len": 32,
         "checkpoint_every": 10_000, "metrics_every": 1000, "world_model": "cpu",
         "reward_scale": 10.0, "ent_coef": "auto_0.1", "refresh_every": 0,
+        "shield_predictor": "action_barrier",
     },
     "paper": {
         "total_env_steps": 1_000_000, "size": 64, "action_repeat": 2, "learning_starts": 5000,
@@ -142,6 +147,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model_learning_starts": 5000, "model_batch": 32, "model_seq_len": 50,
         "eval_episodes": 10, "checkpoint_every": 50_000, "metrics_every": 5000,
         "world_model": "paper", "reward_scale": 10.0, "ent_coef": "auto_0.1", "refresh_every": 0,
+        "shield_predictor": "action_barrier",
     },
 }
 #: quick-preset budgets per env (total env steps, evaluation episodes); others get the slow one.
@@ -151,7 +157,7 @@ QUICK_BUDGET: dict[str, tuple[int, int]] = {
 }
 #: Settings that define the model or the env: a resumed run must keep them.
 IDENTITY = ("env_id", "mode", "size", "action_repeat", "level", "max_episode_steps", "num_envs",
-            "tiny", "world_model")
+            "tiny", "world_model", "shield_predictor")
 TINY_WORLD_MODEL = {"cnn_depth": 4, "deter_dim": 16, "stoch_dim": 4, "hidden_dim": 16,
                     "head_hidden_dim": 16}
 
@@ -168,6 +174,8 @@ def resolve(args: Args, saved: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fill every unset field: explicit flag > saved run (``--resume``) > preset > default."""
     explicit = {k: v for k, v in dataclasses.asdict(args).items() if v is not None}
     base = dict(saved or {})
+    if saved is not None:  # runs saved before the action barrier existed used the prior
+        base.setdefault("shield_predictor", "prior")
     preset = explicit.get("preset", base.get("preset", "quick"))
     env_id = explicit.get("env_id", base.get("env_id", DEFAULT_ENV_ID))
     defaults: dict[str, Any] = dict(PRESETS[preset])
@@ -225,6 +233,8 @@ def safety_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     """Arguments of ``LatentSafetyModel.for_env`` for this run."""
     kwargs: dict[str, Any] = {"preset": cfg["world_model"], "batch_size": cfg["model_batch"],
                               "seq_len": cfg["model_seq_len"]}
+    if cfg["shield_predictor"] == "prior":
+        kwargs["action_barrier"] = None
     if cfg["tiny"]:
         kwargs.update(world_model_overrides=TINY_WORLD_MODEL, replay_capacity=20_000,
                       barrier=lbwrap.BarrierConfig(hidden_dim=16, imagine_starts=16,

@@ -143,6 +143,17 @@ def test_presets_and_explicit_flags(example):
         example.resolve(example.Args(total_env_steps=0))
 
 
+def test_shield_predictor_flag(example):
+    quick = example.resolve(example.Args())
+    assert quick["shield_predictor"] == "action_barrier"
+    assert "action_barrier" not in example.safety_kwargs(quick)  # the model's default: on
+    prior = example.resolve(example.Args(shield_predictor="prior"))
+    assert example.safety_kwargs(prior)["action_barrier"] is None
+    # a run saved before the flag existed resumes with the predictor it was trained with
+    old = example.resolve(example.Args(), saved={"env_id": "lbwrap/PixelHazard-v0"})
+    assert old["shield_predictor"] == "prior"
+
+
 def test_truncate_metrics_and_plot(tmp_path):
     path = tmp_path / "metrics.csv"
     with open(path, "w", newline="") as f:
