@@ -12,6 +12,7 @@ Writes ``<out>/runs.csv`` (one row per run), ``<out>/curves.csv`` and ``<out>/vi
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import multiprocessing as mp
 import os
@@ -198,15 +199,38 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def report_progress(path: Path, row: dict, done: int, total: int, elapsed_s: float) -> None:
+    """Print and append (to ``path``) the headline numbers of one finished run."""
+    keys = ("mode", "seed", "cum_violations", "eval_return", "eval_cost", "shield_active_steps",
+            "train_wall_s")
+    values = {k: row[k] for k in keys}
+    print(f"[{done}/{total}, {elapsed_s / 60:.1f} min] {values}", flush=True)
+    new_file = not path.exists()
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(keys))
+        if new_file:
+            writer.writeheader()
+        writer.writerow(values)
+
+
 def main(args: Args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     jobs = [(args, mode, seed) for mode in args.modes for seed in args.seeds]
     start = time.perf_counter()
-    if args.workers > 1:
-        with mp.get_context("spawn").Pool(args.workers) as pool:
-            rows = pool.map(run_one, jobs, chunksize=1)
-    else:
-        rows = [run_one(job) for job in jobs]
+    progress = args.out / "progress.csv"  # one line per finished run, to watch a long benchmark
+    progress.unlink(missing_ok=True)
+    rows = []
+    with contextlib.ExitStack() as stack:
+        if args.workers > 1:
+            pool = stack.enter_context(mp.get_context("spawn").Pool(args.workers))
+            finished = pool.imap_unordered(run_one, jobs, chunksize=1)
+        else:
+            finished = map(run_one, jobs)
+        for row in finished:
+            rows.append(row)
+            report_progress(progress, row, len(rows), len(jobs), time.perf_counter() - start)
+    order = {(mode, seed): i for i, (_, mode, seed) in enumerate(jobs)}
+    rows.sort(key=lambda r: order[(r["mode"], r["seed"])])
     wall = time.perf_counter() - start
     machine = f"{platform.node()} ({os.cpu_count()} cores)"
     header = (f"# safety benchmark {date.today()}, {machine}, {args.env_id} level {args.level}, "
