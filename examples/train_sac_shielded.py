@@ -7,7 +7,8 @@
         --total-env-steps 100000                                           # continue a run
 
 The safety mode picks how B(z) enters (see ``lbwrap.sb3.recipes``): ``shield`` (default) replaces
-unsafe actions, ``barrier`` adds the paper's barrier term to the actor loss, ``penalty`` and
+unsafe actions (judged by the action-conditioned barrier, or with ``--shield-predictor prior`` by
+B at the world model's one-step prior as in the paper), ``barrier`` adds the paper's barrier term to the actor loss, ``penalty`` and
 ``lagrangian`` reshape the reward, ``none`` is the plain baseline. All step counts are env steps
 (action repeat included, all envs together).
 
