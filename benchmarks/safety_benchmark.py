@@ -58,6 +58,8 @@ class Args:
     """World-model + barrier updates per call."""
     refresh_every: int = 0
     """Agent steps between re-filterings of SB3's stored latents (LatentRefresher); 0: off."""
+    learn_from_executed: bool = False
+    """SAC stores the shield's executed action instead of its proposal (ExecutedActionRelabel)."""
     eval_episodes: int = 3
     """Deterministic evaluation episodes (each on its own held-out layout)."""
     max_episode_steps: int = 500
@@ -96,6 +98,7 @@ def run_one(job: tuple[Args, str, int]) -> dict:
     recipe = AgentRecipe(
         mode=mode, train_every=args.train_every, updates_per_train=args.updates_per_train,
         model_learning_starts=args.model_learning_starts, refresh_every=args.refresh_every,
+        learn_from_executed=args.learn_from_executed,
         reward_scale=args.reward_scale,
         sac_kwargs={"learning_starts": args.learning_starts, "buffer_size": 200_000,
                     "ent_coef": args.ent_coef},
@@ -140,6 +143,7 @@ def run_one(job: tuple[Args, str, int]) -> dict:
         "barrier_accuracy_ema": float(built.safety.accuracy_ema),
         "world_model_loss": m.get("world_model/loss", float("nan")),
         "refresh_every": args.refresh_every,
+        "learn_from_executed": args.learn_from_executed,
         "refresh_count": refresher.refresh_count if refresher else 0,
         "refresh_s_total": refresher.seconds_total if refresher else 0.0,
         "refresh_last_slots": refresher.last_metrics.get("slots_refreshed", 0.0) if refresher else 0.0,
@@ -236,7 +240,8 @@ def main(args: Args) -> None:
     header = (f"# safety benchmark {date.today()}, {machine}, {args.env_id} level {args.level}, "
               f"{args.size}px, {args.agent_steps * args.action_repeat} env steps/run, "
               f"{len(args.seeds)} seeds, latent refresh every "
-              f"{args.refresh_every or 'off'} agent steps, {wall / 60:.1f} min total")
+              f"{args.refresh_every or 'off'} agent steps, learn from executed actions "
+              f"{args.learn_from_executed}, {wall / 60:.1f} min total")
     table = summarise(rows, args)
     print(header)
     print(table)

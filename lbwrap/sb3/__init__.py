@@ -5,6 +5,7 @@ Everything that imports ``stable_baselines3`` lives here; lower layers never imp
 """
 
 from lbwrap.sb3.callback import CoTrainCallback
+from lbwrap.sb3.executed_actions import ExecutedActionRelabel
 from lbwrap.sb3.lagrangian import (
     LagrangianLoggerCallback,
     VecLagrangianPenalty,
@@ -24,6 +25,7 @@ __all__ = [
     "BarrierSAC",
     "BarrierSACPolicy",
     "CoTrainCallback",
+    "ExecutedActionRelabel",
     "LagrangianLoggerCallback",
     "LatentRefresher",
     "VecBarrierPenalty",

@@ -25,6 +25,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from lbwrap.safety_model import LatentSafetyModel
 from lbwrap.sb3.callback import CoTrainCallback
+from lbwrap.sb3.executed_actions import ExecutedActionRelabel
 from lbwrap.sb3.lagrangian import LagrangianLoggerCallback, VecLagrangianPenalty
 from lbwrap.sb3.policy import BarrierSAC
 from lbwrap.sb3.refresh import LatentRefresher
@@ -62,6 +63,9 @@ class AgentRecipe:
     reward_scale: float = 1.0
     """Multiply the reward the agent learns from (:class:`VecRewardScale`, outermost wrapper, so
     penalties are scaled with it); logs, evaluation and the world model keep the env's units."""
+    learn_from_executed: bool = False
+    """Store the action the env executed (the shield's) in SAC's replay instead of the proposal
+    (:class:`ExecutedActionRelabel`); only changes anything in the shield modes."""
     refresh_every: int = 0
     """Env steps between re-filterings of the latents in SB3's replay buffer with the current
     world model (:class:`LatentRefresher`); 0 turns it off (stored latents stay stale)."""
@@ -129,4 +133,6 @@ def build_safe_agent(
         callbacks.append(LatentRefresher(safety, refresh_every=recipe.refresh_every))
     if mode == "lagrangian":
         callbacks.append(LagrangianLoggerCallback())
+    if recipe.learn_from_executed:
+        callbacks.append(ExecutedActionRelabel())
     return SafeAgent(agent=agent, env=stack, safety=safety, cotrain=cotrain, callbacks=callbacks)
