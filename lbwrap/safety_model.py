@@ -317,7 +317,8 @@ class LatentSafetyModel(nn.Module):
     # ------------------------------------------------------------------ learning
     def update(self, num_updates: int = 1) -> dict[str, float]:
         """``num_updates`` x (one world-model update, then one barrier update on its posteriors,
-        then one action-barrier update on the batch's frame embeddings, if configured).
+        then ``action_barrier.steps_per_batch`` action-barrier steps on the batch's frame embeddings,
+        if configured).
 
         Returns the metrics of the last update, prefixed ``world_model/``, ``barrier/`` and
         ``action_barrier/``, plus ``safety/ready`` and ``safety/accuracy_ema``.
