@@ -290,6 +290,7 @@ def test_tracker_keeps_the_embeddings_of_the_latest_frames(tiny_safety):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_action_barrier_learns_which_action_enters_a_hazard():
     """PixelHazard level 1, 64x64, CPU preset, 30k random-policy agent steps, 600 updates.
 
