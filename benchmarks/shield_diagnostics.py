@@ -115,7 +115,8 @@ def one_step_predictions(safety: LatentSafetyModel, episodes) -> list[dict]:
         unsafe = ep["cost"] > kappa
         for t in range(len(unsafe) - 1):
             rows.append((bool(unsafe[t]), bool(unsafe[t + 1]), b_pred[t] < 0, b_opp[t] < 0,
-                         b_post[t + 1] < 0, b_post[t] < 0, ab_pred[t] < 0, ab_opp[t] < 0))
+                         b_post[t + 1] < 0, b_post[t] < 0, ab_pred[t] < 0, ab_opp[t] < 0,
+                         ab_pred[t] < ab_opp[t]))
     table = np.array(rows, dtype=float)
     kinds = {"entry (safe -> unsafe)": (0, 1), "safe -> safe": (0, 0),
              "exit (unsafe -> safe)": (1, 0), "unsafe -> unsafe": (1, 1)}
@@ -129,7 +130,8 @@ def one_step_predictions(safety: LatentSafetyModel, episodes) -> list[dict]:
                     "current_posterior_negative": sel[:, 5].mean() if len(sel) else np.nan,
                     "action_barrier_negative": sel[:, 6].mean() if len(sel) else np.nan,
                     "action_barrier_negative_opposite_action":
-                        sel[:, 7].mean() if len(sel) else np.nan})
+                        sel[:, 7].mean() if len(sel) else np.nan,
+                    "action_barrier_taken_below_opposite": sel[:, 8].mean() if len(sel) else np.nan})
     return out
 
 
@@ -221,13 +223,14 @@ def main(args: Args) -> None:
              "## One-step predictions (held-out random episodes)", "",
              ("| transition | n | B(prior mean, taken action) < 0 | same, opposite action | "
              "B_next(embedding, taken action) < 0 | same, opposite action | "
-             "B(next posterior) < 0 | B(current posterior) < 0 |"),
-             "|---|---|---|---|---|---|---|---|"]
+             "B_next(taken) < B_next(opposite) | B(next posterior) < 0 | B(current posterior) < 0 |"),
+             "|---|---|---|---|---|---|---|---|---|"]
     for p in prediction:
         lines.append(f"| {p['transition']} | {p['n']} | {p['pred_negative']:.2f} | "
                      f"{p['pred_negative_opposite_action']:.2f} | "
                      f"{p['action_barrier_negative']:.2f} | "
                      f"{p['action_barrier_negative_opposite_action']:.2f} | "
+                     f"{p['action_barrier_taken_below_opposite']:.2f} | "
                      f"{p['next_posterior_negative']:.2f} | "
                      f"{p['current_posterior_negative']:.2f} |")
     if rollouts:

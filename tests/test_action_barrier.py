@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_safety_model import fill, hazard
 
 import lbwrap
 from lbwrap.barrier import BarrierNet, FilterConfig, SafeActionFilter
@@ -192,29 +193,13 @@ def test_filter_fallback_when_every_action_is_unsafe():
 # ----------------------------------------------------------------------------- the safety model
 
 
-def hazard(size=32):
-    return lbwrap.make_pixel_env(lbwrap.PIXEL_HAZARD_ID, size=size)
-
-
-def fill(safety, env, steps=60, seed=0):
-    rng = np.random.default_rng(seed)
-    obs, _ = env.reset(seed=seed)
-    prev = np.zeros(2, np.float32)
-    first, r, c = True, 0.0, 0.0
-    for _ in range(steps):
-        safety.add_step(obs[None], prev[None], [r], [c], [first], [False])
-        prev = rng.uniform(-1, 1, 2).astype(np.float32)
-        obs, r, _, _, info = env.step(prev)
-        c, first = info["cost"], False
-
-
 def test_safety_model_trains_it_by_default(tiny_safety):
     env = hazard()
     safety = tiny_safety(env)
     assert isinstance(safety.action_barrier, ActionBarrierNet)
     assert safety.action_barrier.embed_dim == safety.world_model.embed_dim
     assert safety.shield_filter.config.predictor == "action_barrier"
-    fill(safety, env)
+    fill(safety, env, steps=60)
     before = [p.detach().clone() for p in safety.action_barrier.parameters()]
     metrics = safety.update(3)
     steps = safety.config.action_barrier.steps_per_batch
@@ -227,7 +212,7 @@ def test_safety_model_trains_it_by_default(tiny_safety):
 def test_checkpoints_keep_the_action_barrier(tmp_path, tiny_safety):
     env = hazard()
     safety = tiny_safety(env)
-    fill(safety, env)
+    fill(safety, env, steps=60)
     safety.update(2)
     path = tmp_path / "safety.pt"
     safety.save(path)
