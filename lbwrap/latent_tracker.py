@@ -84,8 +84,6 @@ class LatentTracker:
             self.state = new
             self.embed = embed
         else:
-            self.embed = self.embed.to(device).clone()
-            self.embed[idx] = embed
             def put(old: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
                 old = old.clone()
                 old[idx] = value
@@ -93,6 +91,7 @@ class LatentTracker:
 
             self.state = LatentState(put(state.deter, new.deter), put(state.stoch, new.stoch),
                                      put(state.mean, new.mean), put(state.std, new.std))
+            self.embed = put(self.embed.to(device), embed)
         return self.features()
 
     def features(self) -> np.ndarray:

@@ -7,8 +7,9 @@ hazard entries with the action taken and 21 % with the *opposite* action. Retrai
 prior states themselves, a prior-side cost loss, more updates, free nats 1 and KL balancing did
 not change that; the compact latent (deter + 30-d z) keeps whether the robot *is* in a hazard,
 not precisely where the nearest hazard edge lies. The encoder's embedding of the frame does keep
-it: a classifier on ``[embedding, action]`` flagged 72 % of held-out entries with the action
-taken and 3 % with the opposite one (30k random steps).
+it: in an exploratory check (30k random steps, script not kept), a classifier on ``[embedding,
+action]`` flagged 72 % of held-out entries with the action taken and 3 % with the opposite one;
+``benchmarks/shield_diagnostics.py`` measures this network the same way.
 
 So :class:`ActionBarrierNet` ``B_next(e, a)`` is trained on real transitions
 ``(embedding of obs[t], action[t + 1]) -> cost[t + 1] > kappa`` with a class-balanced logistic
@@ -42,9 +43,10 @@ class ActionBarrierConfig:
     """Adam learning rate."""
     steps_per_batch: int = 4
     """Gradient steps on each world-model batch's transitions. Telling the action apart takes
-    ~1000+ steps (measured on PixelHazard with a fixed encoder, 6000 random steps: held-out
-    entries flagged with the taken / opposite action 0.41 / 0.38 after 300 steps, 0.53 / 0.14
-    after 1200); the network is small, so extra steps cost little next to a world-model update."""
+    ~1000+ steps (exploratory check on PixelHazard with a fixed encoder, 6000 random steps:
+    held-out entries flagged with the taken / opposite action 0.41 / 0.38 after 300 steps,
+    0.53 / 0.14 after 1200); the network is small, so extra steps cost little next to a
+    world-model update."""
     grad_clip: float = 100.0
     """Max global gradient norm."""
 

@@ -254,8 +254,10 @@ class SafeActionFilter:
             )
         low, high = self._box(prop)
         prop = torch.maximum(torch.minimum(prop, high), low)
-        if self.action_barrier is not None and self.config.predictor == "action_barrier":
+        if self.config.predictor == "action_barrier":
             embed = self._check_embed(embed, n, ref)
+        else:
+            embed = None  # the prior does not read it (wrappers pass it whatever the predictor)
         b_now = self.barrier.value(state)
         ok, _, b_next_prop = self._check(state, prop, b_now, embed)
 
@@ -302,8 +304,10 @@ class SafeActionFilter:
         """Best candidate per row: closest satisfying one, else the largest worst-case B."""
         cand = self.sample_candidates(prop)  # (m, K, A)
         m, k, a = cand.shape
-        rep = state.map(lambda t: t.repeat_interleave(k, dim=0))
-        rep_embed = None if embed is None else embed.repeat_interleave(k, dim=0)
+        if embed is None:  # the prior rolls every candidate from a copy of its row's state
+            rep, rep_embed = state.map(lambda t: t.repeat_interleave(k, dim=0)), None
+        else:  # the action barrier reads only the embedding
+            rep, rep_embed = state, embed.repeat_interleave(k, dim=0)
         ok, worst, first = self._check(rep, cand.reshape(m * k, a), b_now.repeat_interleave(k),
                                        rep_embed)
         ok, worst, first = ok.view(m, k), worst.view(m, k), first.view(m, k)
