@@ -110,6 +110,22 @@ def test_callback_logs_safety_metrics():
     assert "safety/cumulative_violations" in values or callback.cumulative_violations >= 0
 
 
+def test_callback_pretrain_updates_once_and_not_again_after_resume():
+    venv = DummyVecEnv([hazard_factory(0)])
+    safety = make_tiny_safety(venv)
+    venv = VecLatentObservation(venv, safety)
+    agent = SAC("MlpPolicy", venv, learning_starts=1000, seed=0)
+    callback = CoTrainCallback(safety, train_every=20, updates_per_train=2, learning_starts=20,
+                               pretrain_updates=5)
+    agent.learn(60, callback=callback)  # training calls at agent steps 20, 40, 60
+    assert safety.num_updates == (2 + 5) + 2 + 2
+    # a resumed run (the safety model has been updated) does not pre-train again
+    resumed = CoTrainCallback(safety, train_every=20, updates_per_train=2, learning_starts=0,
+                              pretrain_updates=5)
+    agent.learn(20, callback=resumed, reset_num_timesteps=False)
+    assert safety.num_updates == 11 + 2
+
+
 def test_callback_errors():
     venv = DummyVecEnv([hazard_factory(0)] * 2)
     safety = make_tiny_safety(DummyVecEnv([hazard_factory(0)]))  # built for 1 env stream
@@ -118,6 +134,8 @@ def test_callback_errors():
         agent.learn(10, callback=CoTrainCallback(safety))
     with pytest.raises(ValueError, match="train_every"):
         CoTrainCallback(safety, train_every=0)
+    with pytest.raises(ValueError, match="pretrain_updates"):
+        CoTrainCallback(safety, pretrain_updates=-1)
     with pytest.raises(TypeError, match="LatentSafetyModel"):
         CoTrainCallback(object())
 

@@ -28,6 +28,9 @@ class CoTrainCallback(BaseCallback):
         train_every: env steps (all envs together) between training calls.
         updates_per_train: world-model + barrier updates per training call.
         learning_starts: env steps collected before the first update.
+        pretrain_updates: extra updates in the first training call, made only while the safety
+            model has never been updated (so a resumed run does not repeat them); like Dreamer's
+            ``pretrain``, they let the barrier pass its readiness gate, and the shield act, sooner.
         save_path: folder for safety-model checkpoints (``None``: no saving).
         save_freq: env steps between checkpoints (0: only at the end of training).
         name_prefix: checkpoint file prefix (as SB3's ``CheckpointCallback``).
@@ -44,6 +47,7 @@ class CoTrainCallback(BaseCallback):
         train_every: int = 100,
         updates_per_train: int = 10,
         learning_starts: int = 1000,
+        pretrain_updates: int = 0,
         save_path: str | Path | None = None,
         save_freq: int = 0,
         name_prefix: str = "safety_model",
@@ -56,12 +60,13 @@ class CoTrainCallback(BaseCallback):
         for name, value in (("train_every", train_every), ("updates_per_train", updates_per_train)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if learning_starts < 0 or save_freq < 0:
-            raise ValueError("learning_starts and save_freq must be >= 0")
+        if learning_starts < 0 or save_freq < 0 or pretrain_updates < 0:
+            raise ValueError("learning_starts, pretrain_updates and save_freq must be >= 0")
         self.safety = safety
         self.train_every = int(train_every)
         self.updates_per_train = int(updates_per_train)
         self.learning_starts = int(learning_starts)
+        self.pretrain_updates = int(pretrain_updates)
         self.save_path = Path(save_path) if save_path is not None else None
         self.save_freq = int(save_freq)
         self.name_prefix = name_prefix
@@ -138,7 +143,10 @@ class CoTrainCallback(BaseCallback):
         if self.num_timesteps >= self.learning_starts and self._since_train >= self.train_every:
             self._since_train = 0
             if self.safety.can_train():
-                self.last_metrics = self.safety.update(self.updates_per_train)
+                n = self.updates_per_train
+                if self.safety.num_updates == 0:
+                    n += self.pretrain_updates
+                self.last_metrics = self.safety.update(n)
         if self.save_path is not None and self.save_freq and self._since_save >= self.save_freq:
             self._since_save = 0
             self._save(f"{self.name_prefix}_{self.num_timesteps}_steps.pt")

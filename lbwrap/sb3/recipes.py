@@ -54,6 +54,8 @@ class AgentRecipe:
     train_every: int = 100
     updates_per_train: int = 10
     model_learning_starts: int = 1000
+    pretrain_updates: int = 0
+    """Extra safety-model updates in the first training call (see :class:`CoTrainCallback`)."""
     penalty_scale: float = 1.0
     intervention_penalty: float = 0.0
     cost_limit: float = 25.0
@@ -127,7 +129,8 @@ def build_safe_agent(
         agent = SAC("MlpPolicy", stack, **common)
     cotrain = CoTrainCallback(safety, train_every=recipe.train_every,
                               updates_per_train=recipe.updates_per_train,
-                              learning_starts=recipe.model_learning_starts)
+                              learning_starts=recipe.model_learning_starts,
+                              pretrain_updates=recipe.pretrain_updates)
     callbacks: list[BaseCallback] = [cotrain]
     if recipe.refresh_every > 0:  # after cotrain: it maps SB3 slots to the frames cotrain wrote
         callbacks.append(LatentRefresher(safety, refresh_every=recipe.refresh_every))
