@@ -3,6 +3,8 @@
     python benchmarks/shield_diagnostics.py                     # PixelHazard level 1, ~5 min
     python benchmarks/shield_diagnostics.py --train-steps 30000 --updates 600 \
         --out benchmarks/results/shield_diagnostics/data30k      # more data, ~8 min
+    python benchmarks/shield_diagnostics.py --no-rollouts --horizons 1:0.5 3:0.5 5:0.7 \
+        --out benchmarks/results/shield_diagnostics/horizons     # label horizons, ~15 min
 
 1. Trains a safety model (CPU preset) on random-policy PixelHazard data, as the core learning
    benchmark does, and reports its held-out balanced accuracy.
@@ -15,14 +17,21 @@
 3. **Shielded rollouts** on held-out layouts with three proposal policies (uniform random, a
    greedy goal-seeker that ignores hazards, the goal-seeker plus Gaussian noise) under several
    filter settings: violating env steps, intervention rate and return.
+4. With ``--horizons``: **label horizons** of the action barrier
+   (``ActionBarrierConfig.horizon`` / ``discount``). On the trained model's fixed encoder and
+   training data, a fresh action barrier is trained per setting (same seed, same steps) and the
+   default filter (eps=2) is rolled out with each policy; also reported: how often it ranks the
+   action taken below the opposite one at hazard entries (should be high) and exits (should be
+   low: the action that left was the safer one).
 
-Writes ``<out>/summary.md``, ``<out>/prediction.csv`` and ``<out>/rollouts.csv``.
+Writes ``<out>/summary.md``, ``<out>/prediction.csv``, ``<out>/rollouts.csv`` and (with
+``--horizons``) ``<out>/horizons.csv``.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
@@ -33,6 +42,12 @@ from _report import machine, write_csv, write_markdown
 
 import lbwrap
 from lbwrap.barrier import BarrierConfig, FilterConfig, SafeActionFilter
+from lbwrap.barrier.action_barrier import (
+    ActionBarrierConfig,
+    ActionBarrierNet,
+    action_barrier_loss,
+    transitions,
+)
 from lbwrap.eval.barrier_accuracy import add_episodes, heldout_barrier_accuracy, random_episodes
 from lbwrap.latent_tracker import LatentTracker
 from lbwrap.safety_model import ACTION_BARRIER_EPS, LatentSafetyModel, shield_decision
@@ -88,6 +103,11 @@ class Args:
     """Output folder."""
     model: Path | None = None
     """Safety-model checkpoint: loaded when it exists (no training), else written after training."""
+    horizons: list[str] = field(default_factory=list)
+    """Action-barrier label horizons to compare, each as ``H:discount`` (e.g. ``3:0.5``); empty:
+    skip part 4."""
+    horizon_steps: int = 1200
+    """Gradient steps of each retrained action barrier (the default model makes 4 per update)."""
 
 
 def make_env(args: Args):
@@ -210,6 +230,11 @@ def main(args: Args) -> None:
             result = rollout(safety, env, args, policy, None if cfg is None else FilterConfig(**asdict(cfg)))
             rollouts.append({"policy": policy, "filter": name, **result})
             print(f"{policy:13s} {name:40s} {result}", flush=True)
+    horizons = []
+    if args.horizons:
+        if len(safety.replay) == 0:  # a loaded model: the same seeded training data again
+            add_episodes(safety, random_episodes(env, args.train_steps, args.seed))
+        horizons = compare_horizons(safety, env, args, heldout)
     env.close()
 
     write_csv(args.out / "prediction.csv", prediction, dated=False)
@@ -235,7 +260,72 @@ def main(args: Args) -> None:
                      f"{p['current_posterior_negative']:.2f} |")
     if rollouts:
         lines += rollout_table(rollouts, args)
+    if horizons:
+        write_csv(args.out / "horizons.csv", horizons, dated=False)
+        lines += horizon_table(horizons, args)
     write_markdown(args.out / "summary.md", lines)
+
+
+def retrain_action_barrier(safety: LatentSafetyModel, config: ActionBarrierConfig, steps: int,
+                           seed: int) -> ActionBarrierNet:
+    """A fresh action barrier trained on the safety model's replay, its encoder held fixed."""
+    torch.manual_seed(seed)
+    net = ActionBarrierNet.from_config(config, safety.world_model.embed_dim, safety.action_dim)
+    opt = torch.optim.Adam(net.parameters(), lr=config.lr)
+    cfg = safety.config
+    for _ in range(steps):
+        batch = safety.replay.sample_torch(cfg.batch_size, cfg.seq_len, "cpu",
+                                           cost_fraction=cfg.cost_fraction)
+        with torch.no_grad():
+            embed = safety.world_model.embed(batch["obs"])
+        pairs = transitions(embed, batch["action"], batch["cost"], batch["is_first"])
+        loss, _ = action_barrier_loss(net, *pairs, kappa=cfg.barrier.kappa,
+                                      horizon=config.horizon, discount=config.discount)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        opt.step()
+    return net.eval()
+
+
+def compare_horizons(safety: LatentSafetyModel, env, args: Args, heldout) -> list[dict]:
+    """Part 4: one retrained action barrier per ``H:discount`` setting, rolled out under eps=2."""
+    base_config = safety.config.action_barrier or ActionBarrierConfig()
+    default_filter = FILTERS["action barrier, eps=2 (default)"]
+    assert default_filter is not None
+    results = []
+    unshielded = {policy: rollout(safety, env, args, policy, None)["violations"] for policy in POLICIES}
+    for setting in args.horizons:
+        horizon, discount = setting.split(":")
+        config = replace(base_config, horizon=int(horizon), discount=float(discount))
+        safety.action_barrier = retrain_action_barrier(safety, config, args.horizon_steps, args.seed)
+        ranks = {p["transition"]: p["action_barrier_taken_below_opposite"]
+                 for p in one_step_predictions(safety, heldout)}
+        for policy in POLICIES:
+            result = rollout(safety, env, args, policy, FilterConfig(**asdict(default_filter)))
+            results.append({"horizon": config.horizon, "discount": config.discount, "policy": policy,
+                            "unshielded_violations": unshielded[policy],
+                            "entry_taken_below_opposite": ranks["entry (safe -> unsafe)"],
+                            "exit_taken_below_opposite": ranks["exit (unsafe -> safe)"], **result})
+            print(f"horizon {setting:8s} {policy:13s} {result}", flush=True)
+    return results
+
+
+def horizon_table(results: list[dict], args: Args) -> list[str]:
+    """Markdown lines of part 4."""
+    lines = ["", (f"## Action-barrier label horizon (fixed encoder, a fresh action barrier per row, "
+              f"{args.horizon_steps} steps; default filter eps=2; {args.episodes} held-out layouts "
+              f"x {args.episode_steps} agent steps)"), "",
+             ("| horizon | discount | entries: taken ranked below opposite | exits: same | policy | "
+              "violating env steps | ratio vs no shield | intervention rate | return / episode |"),
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['horizon']} | {r['discount']} | {r['entry_taken_below_opposite']:.2f} | "
+                     f"{r['exit_taken_below_opposite']:.2f} | {r['policy']} | {r['violations']} | "
+                     f"{r['violations'] / max(r['unshielded_violations'], 1):.2f} | "
+                     f"{r['intervention_rate']:.2f} | "
+                     f"{r['return_mean']:.1f} ± {r['return_std']:.1f} |")
+    return lines
 
 
 def rollout_table(rollouts: list[dict], args: Args) -> list[str]:

@@ -267,6 +267,11 @@ class LatentSafetyModel(nn.Module):
     def action_dim(self) -> int:
         return self.config.world_model.action_dim
 
+    @property
+    def num_updates(self) -> int:
+        """Calls of :meth:`update`'s inner step so far (world model + barriers); kept in checkpoints."""
+        return int(self.wm_trainer.num_updates)
+
     def check_spaces(self, observation_space: Any, action_space: Any) -> None:
         """Raise a clear ``ValueError`` when the env's spaces do not match this model."""
         shape = image_shape_of(observation_space)
@@ -361,8 +366,10 @@ class LatentSafetyModel(nn.Module):
         assert self.config.action_barrier is not None
         metrics: dict[str, float] = {}
         for step in range(self.config.action_barrier.steps_per_batch):
-            loss, step_metrics = action_barrier_loss(self.action_barrier, *pairs,
-                                                     kappa=self.config.barrier.kappa)
+            loss, step_metrics = action_barrier_loss(
+                self.action_barrier, *pairs, kappa=self.config.barrier.kappa,
+                horizon=self.config.action_barrier.horizon,
+                discount=self.config.action_barrier.discount)
             if step == 0:  # measured before this batch trained it
                 metrics = step_metrics
             metrics.update(self.action_barrier_trainer.step(loss))
@@ -438,13 +445,12 @@ class LatentSafetyModel(nn.Module):
         payload = _read(path)
         saved = SafetyModelConfig(**_config_dict(payload))
         diffs = saved.world_model.differences(self.config.world_model)
-        saved_ab, own_ab = saved.action_barrier, self.config.action_barrier
-        ab_differs = (saved_ab.to_dict() if saved_ab else None) != (own_ab.to_dict() if own_ab else None)
-        if diffs or saved.barrier.to_dict() != self.config.barrier.to_dict() or ab_differs:
+        ab_diffs = _action_barrier_differences(saved.action_barrier, self.config.action_barrier)
+        if diffs or saved.barrier.to_dict() != self.config.barrier.to_dict() or ab_diffs:
             detail = ", ".join(
                 f"{d}: checkpoint {getattr(saved.world_model, d)!r} vs model "
                 f"{getattr(self.config.world_model, d)!r}" for d in diffs
-            ) or ("action-barrier settings differ" if ab_differs else "barrier settings differ")
+            ) or ", ".join(ab_diffs) or "barrier settings differ"
             raise IncompatibleCheckpointError(
                 f"{path} was saved from a differently configured safety model ({detail}). "
                 "Use LatentSafetyModel.load(path) to rebuild it as saved."
@@ -461,11 +467,26 @@ class LatentSafetyModel(nn.Module):
             self.replay.load_state_dict(payload["replay"])
 
 
+def _action_barrier_differences(saved: ActionBarrierConfig | None,
+                                own: ActionBarrierConfig | None) -> list[str]:
+    """Readable differences between two action-barrier settings (empty when equal)."""
+    if saved is None or own is None:
+        if saved is own:
+            return []
+        return [f"action barrier: checkpoint {'none' if saved is None else 'one'} vs model "
+                f"{'none' if own is None else 'one'}"]
+    a, b = saved.to_dict(), own.to_dict()
+    return [f"action-barrier {k}: checkpoint {a[k]!r} vs model {b[k]!r}" for k in a if a[k] != b[k]]
+
+
 def _config_dict(payload: dict[str, Any]) -> dict[str, Any]:
     """The saved config; checkpoints from before the action barrier existed were saved without
-    one, and are rebuilt that way."""
+    one, and are rebuilt that way; those from before its ``horizon`` was trained on one-step
+    labels, and keep them."""
     config = dict(payload["config"])
     config.setdefault("action_barrier", None)
+    if isinstance(config["action_barrier"], dict):
+        config["action_barrier"] = {"horizon": 1, **config["action_barrier"]}
     return config
 
 

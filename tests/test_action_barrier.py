@@ -15,6 +15,7 @@ from lbwrap.barrier.action_barrier import (
     ActionBarrierNet,
     action_barrier_loss,
     transitions,
+    unsafe_targets,
 )
 from lbwrap.latent_state import LatentState
 from lbwrap.latent_tracker import LatentTracker
@@ -111,6 +112,64 @@ def test_loss_is_class_balanced_and_leaves_the_embedding_alone():
     assert embed.grad is None  # detached: this head never trains the encoder
     _, one_class = action_barrier_loss(net, embed, action, torch.zeros(1, 101), valid, 0.01)
     assert np.isnan(one_class["balanced_accuracy"])
+
+
+def test_unsafe_targets_discount_the_next_steps_within_chunk_and_episode():
+    cost = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.0, 1.0, 0.0, 1.0]])
+    valid = torch.tensor([[True, True, True, True], [True, True, False, True]])
+    hard, labelled = unsafe_targets(cost, valid, kappa=0.5)  # horizon 1: the 0/1 label
+    assert hard.tolist() == [[0, 0, 1, 0], [0, 1, 0, 1]]
+    assert labelled.tolist() == valid.tolist()
+    soft, labelled = unsafe_targets(cost, valid, kappa=0.5, horizon=3, discount=0.5)
+    expected_row0 = [0.25 / 1.75, 0.5 / 1.75, 1.0 / 1.5, 0.0]  # the chunk ends after t = 3
+    # row 1: pair 2 crosses an episode start, so pairs 0 and 1 stop looking ahead there
+    expected_row1 = [0.5 / 1.5, 1.0, 0.0, 1.0]
+    torch.testing.assert_close(soft, torch.tensor([expected_row0, expected_row1]))
+    assert labelled.tolist() == valid.tolist()
+    # a cost equal to kappa leaves the pair unlabelled
+    _, labelled = unsafe_targets(torch.full((1, 2), 0.5), torch.ones(1, 2, dtype=torch.bool), 0.5)
+    assert not labelled.any()
+    with pytest.raises(ValueError, match="horizon"):
+        unsafe_targets(cost, valid, 0.5, horizon=0)
+    with pytest.raises(ValueError, match="shape"):
+        unsafe_targets(cost, valid[:, :3], 0.5)
+
+
+def test_soft_target_loss_ranks_the_faster_exit_higher():
+    """Inside a hazard both actions keep the next state unsafe; only a horizon > 1 separates the
+    action after which the robot is out from the one after which it stays in."""
+    chunks = 100  # episodes of 4 pairs; frame 0 is inside the hazard
+    out_costs, in_costs = [1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]
+    embed, action, cost = [], [], []
+    for k in range(2 * chunks):
+        leaves = k % 2 == 0
+        for t in range(4):
+            e = torch.zeros(7)
+            e[0 if t == 0 else (t if leaves else 3 + t)] = 1.0  # frame 0 looks the same in both
+            embed.append(e)
+            # only the action taken inside differs; the later ones are the same in both
+            action.append(torch.full((2,), (1.0 if leaves else -1.0) if t == 0 else 0.0))
+            cost.append((out_costs if leaves else in_costs)[t])
+    embed, action = torch.stack(embed)[None], torch.stack(action)[None]
+    cost = torch.tensor(cost)[None]
+    valid = torch.ones_like(cost, dtype=torch.bool)
+    valid[0, 3::4] = False  # the pair after each chunk's last one starts a new episode
+    gap = {}
+    for horizon in (1, 4):
+        torch.manual_seed(0)
+        net = ActionBarrierNet(7, 2, hidden_dim=16, num_layers=1)
+        opt = torch.optim.Adam(net.parameters(), 1e-2)
+        for _ in range(300):
+            loss, _ = action_barrier_loss(net, embed, action, cost, valid, 0.5, horizon=horizon,
+                                          discount=0.5)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            inside = embed[0, :1]
+            gap[horizon] = float(net(inside, torch.ones(1, 2)) - net(inside, -torch.ones(1, 2)))
+    assert gap[4] > 1.0  # the exiting action is ranked clearly safer
+    assert abs(gap[1]) < 0.5 * gap[4]  # the one-step label cannot tell them apart
 
 
 def test_loss_learns_an_action_dependent_rule():
@@ -222,7 +281,7 @@ def test_checkpoints_keep_the_action_barrier(tmp_path, tiny_safety):
         assert torch.equal(a, b)
     assert loaded.action_barrier_trainer.num_updates == 2 * safety.config.action_barrier.steps_per_batch
     other = tiny_safety(env, action_barrier=ActionBarrierConfig(hidden_dim=8))
-    with pytest.raises(IncompatibleCheckpointError, match="action-barrier"):
+    with pytest.raises(IncompatibleCheckpointError, match="action-barrier hidden_dim"):
         other.load_checkpoint(path)
 
 
@@ -236,6 +295,21 @@ def test_checkpoints_from_before_the_action_barrier_still_load(tmp_path, tiny_sa
     loaded = LatentSafetyModel.load(path, device="cpu")
     assert loaded.action_barrier is None
     assert loaded.shield_filter.config.predictor == "prior"
+
+
+def test_checkpoints_from_before_the_label_horizon_keep_one_step_labels(tmp_path, tiny_safety):
+    env = hazard()
+    safety = tiny_safety(env)
+    assert safety.config.action_barrier.horizon == 3  # the default
+    payload = safety.checkpoint()
+    for key in ("horizon", "discount"):  # what lbwrap wrote before the fields existed
+        del payload["config"]["action_barrier"][key]
+    path = tmp_path / "old.pt"
+    torch.save(payload, path)
+    loaded = LatentSafetyModel.load(path, device="cpu")
+    assert loaded.config.action_barrier.horizon == 1  # what its network was trained on
+    with pytest.raises(IncompatibleCheckpointError, match="action-barrier horizon: checkpoint 1"):
+        safety.load_checkpoint(path)
 
 
 def test_config_refuses_an_action_filter_without_the_network(tiny_safety):

@@ -12,10 +12,15 @@ action]`` flagged 72 % of held-out entries with the action taken and 3 % with th
 ``benchmarks/shield_diagnostics.py`` measures this network the same way.
 
 So :class:`ActionBarrierNet` ``B_next(e, a)`` is trained on real transitions
-``(embedding of obs[t], action[t + 1]) -> cost[t + 1] > kappa`` with a class-balanced logistic
-loss, and the shield (``FilterConfig(predictor="action_barrier")``) tests ``B_next(e, a) >= eps``
-for the proposal and its candidates. Its values are logits (``B_next = -logit P(unsafe)``), not on
-B(z)'s scale; only their sign and order are used. Pure PyTorch.
+``(embedding of obs[t], action[t + 1])`` with a class-balanced logistic loss. Its target
+(:func:`unsafe_targets`) is the discounted share of unsafe states among the next ``horizon``
+states (default 3, discount 0.5); with ``horizon=1`` it is ``cost[t + 1] > kappa``. The horizon
+matters inside a hazard: there every action keeps the next state unsafe, so a one-step label
+cannot rank them, while most violating steps are spent there rather than entering. The shield
+(``FilterConfig(predictor="action_barrier")``) tests ``B_next(e, a) >= eps`` for the proposal and
+its candidates and, when none passes, takes the candidate with the largest ``B_next``, i.e. the
+quickest way out. Its values are logits (``B_next = -logit`` of the unsafe share), not on B(z)'s
+scale; only their sign and order are used. Pure PyTorch.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ActionBarrierConfig", "ActionBarrierNet", "action_barrier_loss", "transitions"]
+__all__ = ["ActionBarrierConfig", "ActionBarrierNet", "action_barrier_loss", "transitions",
+           "unsafe_targets"]
 
 
 @dataclass
@@ -49,9 +55,21 @@ class ActionBarrierConfig:
     world-model update."""
     grad_clip: float = 100.0
     """Max global gradient norm."""
+    horizon: int = 3
+    """Steps of outcome in the label: 1 trains on "is the next state unsafe"; H > 1 on the
+    discounted fraction of unsafe states among the next H (see :func:`unsafe_targets`). A one-step
+    label cannot rank actions inside a hazard (every action keeps the next state unsafe), and
+    most violating steps are spent inside, not entering; H > 1 ranks them by how soon they leave.
+    Measured on PixelHazard with a fixed encoder (6000 random steps; eps=2; scripted random /
+    greedy / noisy-greedy policies; violations vs unshielded;
+    ``benchmarks/results/shield_diagnostics/horizons``): H=1: 0.27x / 0.50x / 0.50x; H=2: 0.01x /
+    0.15x / 0.16x; H=3, discount 0.5: 0.03x / 0.14x / 0.15x at the same return; H=5, discount
+    0.7: 0.05x / 0.46x / 0.34x at lower return (more interventions)."""
+    discount: float = 0.5
+    """Weight ratio between consecutive steps of the ``horizon`` (ignored when it is 1)."""
 
     def __post_init__(self) -> None:
-        for name in ("hidden_dim", "num_layers", "steps_per_batch"):
+        for name in ("hidden_dim", "num_layers", "steps_per_batch", "horizon"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"ActionBarrierConfig.{name}: expected an int >= 1, actual {value!r}")
@@ -59,6 +77,10 @@ class ActionBarrierConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f"ActionBarrierConfig.{name}: expected a number > 0, actual {value!r}")
+        if isinstance(self.discount, bool) or not isinstance(self.discount, (int, float)) \
+                or not 0.0 < self.discount <= 1.0:
+            raise ValueError(f"ActionBarrierConfig.discount: expected a number in (0, 1], actual "
+                             f"{self.discount!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields (for logging and checkpoints)."""
@@ -133,6 +155,44 @@ def transitions(
     return embed[:, :-1], action[:, 1:], cost[:, 1:], ~is_first[:, 1:].bool()
 
 
+def unsafe_targets(
+    next_cost: torch.Tensor, valid: torch.Tensor, kappa: float, horizon: int = 1,
+    discount: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft "unsafe" targets of the pairs of :func:`transitions` and which pairs are labelled.
+
+    ``next_cost`` and ``valid`` are (B, T) in time order (pair ``t`` leads to ``next_cost[:, t]``).
+    The target of pair ``t`` is ``sum_j discount**j * u[t + j] / sum_j discount**j`` over
+    ``j < horizon``, where ``u = next_cost > kappa``, counting only the steps that stay in the
+    chunk and in the episode (every ``valid[t..t + j]``). With ``horizon=1`` it is the 0/1 label
+    ``next_cost[t] > kappa``. A pair is labelled when it is valid and ``next_cost[t] != kappa``.
+    """
+    if next_cost.dim() != 2 or tuple(valid.shape) != tuple(next_cost.shape):
+        raise ValueError(
+            f"expected next_cost and valid of the same (B, T) shape, actual "
+            f"{tuple(next_cost.shape)} and {tuple(valid.shape)}"
+        )
+    if horizon < 1 or not 0.0 < discount <= 1.0:
+        raise ValueError(f"expected horizon >= 1 and discount in (0, 1], actual {horizon}, {discount}")
+    valid = valid.bool()
+    unsafe = (next_cost > kappa).to(torch.float32)
+    labelled = valid & (next_cost != kappa)
+    if horizon == 1:
+        return unsafe, labelled
+    steps = next_cost.shape[1]
+    alive = valid.clone()
+    num = unsafe * alive
+    den = alive.to(torch.float32)
+    for j in range(1, min(horizon, steps)):
+        alive = alive.clone()
+        alive[:, : steps - j] &= valid[:, j:]
+        alive[:, steps - j:] = False
+        weight = discount ** j
+        num[:, : steps - j] += weight * unsafe[:, j:] * alive[:, : steps - j]
+        den += weight * alive
+    return num / den.clamp(min=1e-8), labelled
+
+
 def action_barrier_loss(
     net: ActionBarrierNet,
     embed: torch.Tensor,
@@ -140,28 +200,34 @@ def action_barrier_loss(
     next_cost: torch.Tensor,
     valid: torch.Tensor,
     kappa: float,
+    horizon: int = 1,
+    discount: float = 0.5,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Class-balanced logistic loss of ``B_next`` on labelled transitions, and its metrics.
 
-    Labels as :class:`~lbwrap.barrier.BarrierConfig`: ``next_cost > kappa`` unsafe,
-    ``< kappa`` safe (equal: unlabelled). Loss: mean over unsafe of ``softplus(B_next)`` plus mean
-    over safe of ``softplus(-B_next)`` (a class without samples contributes 0), so rare unsafe
-    outcomes weigh as much as the common safe ones. ``embed`` is detached: this loss never trains
-    the encoder.
+    Targets ``y`` from :func:`unsafe_targets` (with ``horizon=1``, labels as
+    :class:`~lbwrap.barrier.BarrierConfig`: ``next_cost > kappa`` unsafe, ``< kappa`` safe, equal
+    unlabelled). Loss: ``sum(y * softplus(B_next)) / sum(y)`` plus
+    ``sum((1 - y) * softplus(-B_next)) / sum(1 - y)`` over labelled pairs (a class without mass
+    contributes 0), so rare unsafe outcomes weigh as much as the common safe ones. ``embed`` is
+    detached: this loss never trains the encoder. With soft targets the optimum of ``B_next`` is
+    ``-logit(y)`` up to the class weights.
 
-    Metrics: ``loss``, ``balanced_accuracy`` (NaN unless both classes are present), ``n_unsafe``,
-    ``n_safe``.
+    Metrics: ``loss``, ``balanced_accuracy`` of the sign of ``B_next`` against ``y >= 0.5``
+    (NaN unless both classes are present), ``n_unsafe``, ``n_safe`` (counts of those labels).
     """
     b = net(embed.detach(), action)
-    valid = valid.bool()
-    unsafe = valid & (next_cost > kappa)
-    safe = valid & (next_cost < kappa)
-    n_unsafe, n_safe = unsafe.sum(), safe.sum()
-    zero = torch.zeros_like(b)
-    loss_unsafe = torch.where(unsafe, F.softplus(b), zero).sum() / n_unsafe.clamp(min=1)
-    loss_safe = torch.where(safe, F.softplus(-b), zero).sum() / n_safe.clamp(min=1)
+    target, labelled = unsafe_targets(next_cost, valid, kappa, horizon, discount)
+    lab = labelled.to(b.dtype)
+    y = target.to(b.dtype) * lab
+    not_y = (1.0 - target.to(b.dtype)) * lab
+    loss_unsafe = (y * F.softplus(b)).sum() / y.sum().clamp(min=1e-8)
+    loss_safe = (not_y * F.softplus(-b)).sum() / not_y.sum().clamp(min=1e-8)
     loss = loss_unsafe + loss_safe
     with torch.no_grad():
+        unsafe = labelled & (target >= 0.5)
+        safe = labelled & (target < 0.5)
+        n_unsafe, n_safe = unsafe.sum(), safe.sum()
         tpr = ((b < 0) & unsafe).sum() / n_unsafe.clamp(min=1)
         tnr = ((b >= 0) & safe).sum() / n_safe.clamp(min=1)
         stats = torch.stack([loss.detach(), (tpr + tnr) / 2, n_unsafe.float(), n_safe.float()])
