@@ -34,6 +34,9 @@ class Args:
     """PixelHazard level (0/1/2 hazards: none/8/16); ignored for other envs."""
     size: int = 64
     """Image side."""
+    view_radius: float = 1.0
+    """PixelHazard's egocentric window half-width in world units (arena half-width 1.5); ignored
+    for other envs."""
     action_repeat: int = 2
     """Env steps per agent step."""
     modes: list[str] = field(default_factory=lambda: ["none", "lagrangian", "penalty", "shield",
@@ -52,12 +55,16 @@ class Args:
     SAC's entropy bonus drowns at scale 1 (SAC on the true state did not learn in 5k steps)."""
     ent_coef: str = "auto_0.1"
     """SAC's entropy coefficient (SB3 syntax; "auto_0.1": learned, starting at 0.1)."""
+    pretrain_updates: int = 0
+    """Extra safety-model updates in its first training call (Dreamer's "pretrain")."""
     train_every: int = 100
     """Agent steps between safety-model training calls."""
     updates_per_train: int = 10
     """World-model + barrier updates per call."""
     refresh_every: int = 0
     """Agent steps between re-filterings of SB3's stored latents (LatentRefresher); 0: off."""
+    intervention_penalty: float = 0.0
+    """Reward subtracted when the shield replaces the agent's action (shield modes)."""
     learn_from_executed: bool = False
     """SAC stores the shield's executed action instead of its proposal (ExecutedActionRelabel)."""
     eval_episodes: int = 3
@@ -76,7 +83,8 @@ def make_env_fn(args: Args, seed: int):
 
         kwargs = {}
         if args.env_id == lbwrap.PIXEL_HAZARD_ID:
-            kwargs = {"level": args.level, "max_episode_steps": args.max_episode_steps}
+            kwargs = {"level": args.level, "max_episode_steps": args.max_episode_steps,
+                      "view_radius": args.view_radius}
         return lbwrap.make_pixel_env(args.env_id, size=args.size, action_repeat=args.action_repeat,
                                      **kwargs)
     return make
@@ -93,12 +101,14 @@ def run_one(job: tuple[Args, str, int]) -> dict:
 
     from lbwrap.eval import evaluate_agent
     from lbwrap.sb3 import LatentRefresher
-    from lbwrap.sb3.recipes import AgentRecipe, build_safe_agent
+    from lbwrap.sb3.recipes import SHIELD_MODES, AgentRecipe, build_safe_agent
 
     recipe = AgentRecipe(
         mode=mode, train_every=args.train_every, updates_per_train=args.updates_per_train,
-        model_learning_starts=args.model_learning_starts, refresh_every=args.refresh_every,
+        model_learning_starts=args.model_learning_starts,
+        pretrain_updates=args.pretrain_updates, refresh_every=args.refresh_every,
         learn_from_executed=args.learn_from_executed,
+        intervention_penalty=args.intervention_penalty,
         reward_scale=args.reward_scale,
         sac_kwargs={"learning_starts": args.learning_starts, "buffer_size": 200_000,
                     "ent_coef": args.ent_coef},
@@ -122,7 +132,7 @@ def run_one(job: tuple[Args, str, int]) -> dict:
     start = time.perf_counter()
     built.agent.learn(args.agent_steps, callback=built.callback(Recorder()))
     train_s = time.perf_counter() - start
-    shield = mode in ("shield", "barrier+shield")
+    shield = mode in SHIELD_MODES
     ev = evaluate_agent(built.agent, make_env_fn(args, seed), built.safety,
                         episodes=args.eval_episodes, shield=shield).summary()
     cot = built.cotrain

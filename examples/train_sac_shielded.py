@@ -37,7 +37,8 @@ import tyro
 
 import lbwrap
 
-Mode = Literal["none", "shield", "penalty", "lagrangian", "barrier", "barrier+shield"]
+Mode = Literal["none", "shield", "penalty", "lagrangian", "barrier", "barrier+shield",
+               "lagrangian+shield"]
 
 DEFAULT_ENV_ID = "SafetyPointGoal1Vision-v0"
 DEFAULT_MODE = "shield"
@@ -366,6 +367,7 @@ def main(args: Args) -> dict[str, Any]:
         truncate_metrics,
     )
     from lbwrap.eval.evaluate import EVAL_SEED_OFFSET  # the recorded episode: first eval layout
+    from lbwrap.sb3.recipes import SHIELD_MODES
 
     torch.set_num_threads(max(1, args.threads))
     start = time.perf_counter()
@@ -439,7 +441,7 @@ def main(args: Args) -> dict[str, Any]:
 
     # ---------------------------------------------------------------- evaluation and report
     make_env = env_factory(cfg)
-    shield = cfg["mode"] in ("shield", "barrier+shield")
+    shield = cfg["mode"] in SHIELD_MODES
     ev = evaluate_agent(agent, make_env, built.safety, episodes=cfg["eval_episodes"],
                         shield=shield).summary() if cfg["eval_episodes"] > 0 and not interrupted else {}
     pngs = [str(p) for p in plot_run(metrics_csv, out_dir / "plot")]

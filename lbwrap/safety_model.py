@@ -473,8 +473,8 @@ def _action_barrier_differences(saved: ActionBarrierConfig | None,
     if saved is None or own is None:
         if saved is own:
             return []
-        return [f"action barrier: checkpoint {'none' if saved is None else 'one'} vs model "
-                f"{'none' if own is None else 'one'}"]
+        has = {True: "one", False: "none"}
+        return [f"action barrier: checkpoint {has[saved is not None]} vs model {has[own is not None]}"]
     a, b = saved.to_dict(), own.to_dict()
     return [f"action-barrier {k}: checkpoint {a[k]!r} vs model {b[k]!r}" for k in a if a[k] != b[k]]
 

@@ -231,3 +231,40 @@ def test_ppo_on_pixel_hazard_with_the_latent_stack():
     expected = np.array([i["env_reward"] - i["lagrangian_lambda"] * i["cost"] for i in infos])
     np.testing.assert_allclose(np.concatenate(steps.rewards), expected, rtol=1e-6, atol=1e-7)
     assert safety.wm_trainer.num_updates > 0  # the world model co-trained on the same stack
+
+
+def test_lagrangian_shield_recipe_penalises_the_costs_of_executed_actions():
+    from conftest import make_tiny_safety
+
+    from lbwrap.sb3 import VecBarrierShield
+    from lbwrap.sb3.recipes import SHIELD_MODES, AgentRecipe, build_safe_agent
+
+    def make():
+        return lbwrap.make_pixel_env(lbwrap.PIXEL_HAZARD_ID, size=32, max_episode_steps=40)
+
+    safety = make_tiny_safety(DummyVecEnv([make]))
+    safety.force_ready = True  # the shield acts from the first step
+    recipe = AgentRecipe(mode="lagrangian+shield", model_learning_starts=10**9, lambda_lr=0.1,
+                         cost_limit=0.0, sac_kwargs={"learning_starts": 10, "batch_size": 8,
+                                                     "policy_kwargs": {"net_arch": [16]}})
+    built = build_safe_agent([make], recipe, safety=safety, seed=0, device="cpu")
+    assert "lagrangian+shield" in SHIELD_MODES
+    # the Lagrangian term sits outside the shield: it sees the costs of the executed actions
+    assert isinstance(built.env, VecLagrangianPenalty) and isinstance(built.env.venv, VecBarrierShield)
+    assert any(isinstance(c, LagrangianLoggerCallback) for c in built.callbacks)
+    steps = StepRecorder()
+    built.agent.learn(60, callback=built.callback(steps))
+    infos = [i for step in steps.infos for i in step]
+    assert all(i["shield_active"] for i in infos)
+    rewards = np.concatenate(steps.rewards)
+    expected = np.array([i["env_reward"] - i["lagrangian_lambda"] * i["cost"] for i in infos],
+                        np.float32)
+    np.testing.assert_allclose(rewards, expected, rtol=1e-5, atol=1e-6)
+    # dual ascent on the episode costs left after shielding (cost limit 0)
+    lam, episode_cost, ended = 0.0, 0.0, 0
+    for info, done in zip(infos, np.concatenate(steps.dones)):
+        episode_cost += info["cost"]
+        if done:
+            lam, episode_cost, ended = max(0.0, lam + 0.1 * episode_cost), 0.0, ended + 1
+    assert ended == 3  # 40 env steps per episode, action repeat 2, 60 agent steps
+    assert built.env.lagrange_multiplier == pytest.approx(lam)

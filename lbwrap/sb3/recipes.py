@@ -8,7 +8,9 @@ differ only in how safety enters):
 * ``penalty``     — SAC + :class:`VecBarrierPenalty` (reward reshaping);
 * ``lagrangian``  — SAC + :class:`VecLagrangianPenalty` (cost-penalised reward, dual ascent);
 * ``barrier``     — :class:`BarrierSAC` (the paper's barrier term in the actor loss);
-* ``barrier+shield`` — both.
+* ``barrier+shield`` — both;
+* ``lagrangian+shield`` — SAC-Lagrangian under the shield: the shield blocks what it predicts
+  unsafe, and the Lagrangian term teaches the agent from the violations that still happen.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from lbwrap.sb3.vec_wrappers import (
     VecRewardScale,
 )
 
-__all__ = ["MODES", "AgentRecipe", "SafeAgent", "build_safe_agent"]
+__all__ = ["MODES", "SHIELD_MODES", "AgentRecipe", "SafeAgent", "build_safe_agent"]
 
-MODES = ("none", "shield", "penalty", "lagrangian", "barrier", "barrier+shield")
+MODES = ("none", "shield", "penalty", "lagrangian", "barrier", "barrier+shield", "lagrangian+shield")
+#: The modes whose executed actions pass the barrier shield (also in evaluation).
+SHIELD_MODES = ("shield", "barrier+shield", "lagrangian+shield")
 
 
 @dataclass
@@ -111,11 +115,11 @@ def build_safe_agent(
     venv.seed(seed)
     stack: VecEnv = VecLatentObservation(venv, safety)
     mode = recipe.mode
-    if mode in ("shield", "barrier+shield"):
+    if mode in SHIELD_MODES:
         stack = VecBarrierShield(stack, safety, intervention_penalty=recipe.intervention_penalty)
     if mode == "penalty":
         stack = VecBarrierPenalty(stack, safety, scale=recipe.penalty_scale)
-    if mode == "lagrangian":
+    if mode in ("lagrangian", "lagrangian+shield"):  # outside the shield: costs of executed actions
         stack = VecLagrangianPenalty(stack, cost_limit=recipe.cost_limit, lambda_lr=recipe.lambda_lr)
     if recipe.reward_scale != 1.0:
         stack = VecRewardScale(stack, recipe.reward_scale)
@@ -134,7 +138,7 @@ def build_safe_agent(
     callbacks: list[BaseCallback] = [cotrain]
     if recipe.refresh_every > 0:  # after cotrain: it maps SB3 slots to the frames cotrain wrote
         callbacks.append(LatentRefresher(safety, refresh_every=recipe.refresh_every))
-    if mode == "lagrangian":
+    if mode in ("lagrangian", "lagrangian+shield"):
         callbacks.append(LagrangianLoggerCallback())
     if recipe.learn_from_executed:
         callbacks.append(ExecutedActionRelabel())
