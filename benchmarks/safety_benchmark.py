@@ -48,21 +48,26 @@ class Args:
     """Agent steps per run (env steps = agent_steps * action_repeat)."""
     learning_starts: int = 500
     """Random-action warm-up of SAC, in agent steps."""
-    model_learning_starts: int = 500
-    """Env steps before the world model and barrier start training."""
+    model_learning_starts: int = 250
+    """Agent steps before the world model and barriers start training (with the pre-training
+    burst, the shield can act from about here, inside SAC's random warm-up)."""
     reward_scale: float = 10.0
     """Reward multiplier for the agent (VecRewardScale); PixelHazard pays ~0.05 per step, which
     SAC's entropy bonus drowns at scale 1 (SAC on the true state did not learn in 5k steps)."""
     ent_coef: str = "auto_0.1"
     """SAC's entropy coefficient (SB3 syntax; "auto_0.1": learned, starting at 0.1)."""
-    pretrain_updates: int = 0
-    """Extra safety-model updates in its first training call (Dreamer's "pretrain")."""
+    pretrain_updates: int = 200
+    """Extra safety-model updates in its first training call (Dreamer's "pretrain"; runs before
+    2026-11-27 used 0 with model_learning_starts 500)."""
     train_every: int = 100
     """Agent steps between safety-model training calls."""
     updates_per_train: int = 10
     """World-model + barrier updates per call."""
     refresh_every: int = 0
     """Agent steps between re-filterings of SB3's stored latents (LatentRefresher); 0: off."""
+    label_horizon: int = 3
+    """The action barrier's label horizon (``ActionBarrierConfig.horizon``; runs before
+    2026-11-27 used 1)."""
     intervention_penalty: float = 0.0
     """Reward subtracted when the shield replaces the agent's action (shield modes)."""
     learn_from_executed: bool = False
@@ -113,7 +118,11 @@ def run_one(job: tuple[Args, str, int]) -> dict:
         sac_kwargs={"learning_starts": args.learning_starts, "buffer_size": 200_000,
                     "ent_coef": args.ent_coef},
     )
-    built = build_safe_agent([make_env_fn(args, seed)], recipe, seed=seed, device="cpu")
+    from lbwrap.barrier import ActionBarrierConfig
+
+    built = build_safe_agent([make_env_fn(args, seed)], recipe, seed=seed, device="cpu",
+                             safety_kwargs={"action_barrier":
+                                            ActionBarrierConfig(horizon=args.label_horizon)})
     curve: list[tuple[int, int, float, float]] = []
     warmup: dict[str, int] = {}
 
