@@ -68,8 +68,9 @@ class Args:
     label_horizon: int = 3
     """The action barrier's label horizon (``ActionBarrierConfig.horizon``; runs before
     2026-11-27 used 1)."""
-    intervention_penalty: float = 0.0
-    """Reward subtracted when the shield replaces the agent's action (shield modes)."""
+    intervention_penalty: float = 0.1
+    """Reward (env units) subtracted when the shield replaces the agent's action (shield modes;
+    runs before 2026-11-27 01:30 used 0)."""
     learn_from_executed: bool = False
     """SAC stores the shield's executed action instead of its proposal (ExecutedActionRelabel)."""
     eval_episodes: int = 3
@@ -163,6 +164,9 @@ def run_one(job: tuple[Args, str, int]) -> dict:
         "world_model_loss": m.get("world_model/loss", float("nan")),
         "refresh_every": args.refresh_every,
         "learn_from_executed": args.learn_from_executed,
+        "intervention_penalty": args.intervention_penalty, "label_horizon": args.label_horizon,
+        "pretrain_updates": args.pretrain_updates,
+        "model_learning_starts": args.model_learning_starts,
         "refresh_count": refresher.refresh_count if refresher else 0,
         "refresh_s_total": refresher.seconds_total if refresher else 0.0,
         "refresh_last_slots": refresher.last_metrics.get("slots_refreshed", 0.0) if refresher else 0.0,

@@ -84,6 +84,9 @@ class Args:
     """How the shield predicts B after an action (preset: action_barrier): the action-conditioned
     barrier on the frame's embedding, or the paper's B at the world model's one-step prior (see
     benchmarks/shield_diagnostics.py for why the default differs from the paper)."""
+    intervention_penalty: float | None = None
+    """Reward (env units) subtracted whenever the shield replaces SAC's action, so SAC learns to
+    stop proposing what the shield blocks (shield modes; preset 0.1)."""
     train_every: int | None = None
     """Env steps between safety-model (world model + barrier) training calls (quick 200,
     paper 1000)."""
@@ -144,7 +147,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model_learning_starts": 500, "pretrain_updates": 200, "model_batch": 16, "model_seq_len": 32,
         "checkpoint_every": 10_000, "metrics_every": 1000, "world_model": "cpu",
         "reward_scale": 10.0, "ent_coef": "auto_0.1", "refresh_every": 0,
-        "shield_predictor": "action_barrier",
+        "shield_predictor": "action_barrier", "intervention_penalty": 0.1,
     },
     "paper": {
         "total_env_steps": 1_000_000, "size": 64, "action_repeat": 2, "learning_starts": 5000,
@@ -152,7 +155,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "model_learning_starts": 5000, "pretrain_updates": 100, "model_batch": 32, "model_seq_len": 50,
         "eval_episodes": 10, "checkpoint_every": 50_000, "metrics_every": 5000,
         "world_model": "paper", "reward_scale": 10.0, "ent_coef": "auto_0.1", "refresh_every": 0,
-        "shield_predictor": "action_barrier",
+        "shield_predictor": "action_barrier", "intervention_penalty": 0.1,
     },
 }
 #: quick-preset budgets per env (total env steps, evaluation episodes); others get the slow one.
@@ -265,6 +268,7 @@ def build(cfg: dict[str, Any]):
         updates_per_train=cfg["updates_per_train"],
         model_learning_starts=agent_steps(cfg, cfg["model_learning_starts"]),
         pretrain_updates=cfg["pretrain_updates"],
+        intervention_penalty=cfg["intervention_penalty"],
         reward_scale=cfg["reward_scale"],
         refresh_every=agent_steps(cfg, cfg["refresh_every"]) if cfg["refresh_every"] else 0,
     )

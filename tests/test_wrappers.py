@@ -124,6 +124,27 @@ def test_intervention_penalty_and_env_reward(scripted_env_cls, tiny_safety):
     assert info["env_reward"] == 1.0 and reward == pytest.approx(0.5)
 
 
+def test_vec_intervention_penalty_only_when_the_shield_replaces(scripted_env_cls, tiny_safety):
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from lbwrap.sb3 import VecBarrierShield, VecLatentObservation
+
+    venv = DummyVecEnv([lambda: lbwrap.as_pixel_env(scripted_env_cls(), size=32)] * 2)
+    safety = tiny_safety(venv)
+    make_barrier_negative(safety)
+    env = VecBarrierShield(VecLatentObservation(venv, safety), safety, intervention_penalty=0.5)
+    env.reset()
+    actions = np.zeros((2, 2), np.float32)
+    _, rewards, _, infos = env.step(actions)  # not ready: no shield, no penalty
+    assert rewards.tolist() == [1.0, 1.0] and not any(i["shield_intervened"] for i in infos)
+    safety.force_ready = True
+    _, rewards, _, infos = env.step(actions)
+    assert all(i["shield_intervened"] for i in infos)
+    assert rewards == pytest.approx([0.5, 0.5]) and [i["env_reward"] for i in infos] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="intervention_penalty"):
+        VecBarrierShield(VecLatentObservation(venv, safety), safety, intervention_penalty=-1.0)
+
+
 def test_barrier_penalty_reshapes_reward(scripted_env_cls, tiny_safety):
     pixel_env = lbwrap.as_pixel_env(scripted_env_cls(), size=32)
     safety = tiny_safety(pixel_env)

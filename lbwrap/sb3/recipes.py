@@ -62,6 +62,8 @@ class AgentRecipe:
     """Extra safety-model updates in the first training call (see :class:`CoTrainCallback`)."""
     penalty_scale: float = 1.0
     intervention_penalty: float = 0.0
+    """Reward (env units) subtracted when the shield replaces the agent's action (shield modes):
+    teaches the agent to stop proposing what the shield blocks."""
     cost_limit: float = 25.0
     lambda_lr: float = 0.05
     barrier_weight: float = 1.0

@@ -1,0 +1,52 @@
+"""benchmarks/pool_runs.py: pooling runs of several safety-benchmark folders by group."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pool_runs.py"
+FIELDS = ["date", "mode", "seed", "cum_violations", "eval_return", "eval_cost"]
+
+
+def write_runs(folder: Path, rows: list[tuple[str, int, float]]) -> None:
+    folder.mkdir(parents=True)
+    with (folder / "runs.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        writer.writeheader()
+        for mode, seed, violations in rows:
+            writer.writerow({"date": "2026-11-27", "mode": mode, "seed": seed,
+                             "cum_violations": violations, "eval_return": 0.5, "eval_cost": 1.0})
+
+
+def pool(*sources: str, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), *sources],
+                          capture_output=True, text=True)
+
+
+def test_pools_seeds_from_two_folders_and_rates_against_none(tmp_path):
+    first, later = tmp_path / "first", tmp_path / "later"
+    write_runs(first, [("none", 0, 100), ("none", 1, 300), ("shield", 0, 10), ("shield", 1, 30)])
+    write_runs(later, [("none", 2, 200), ("shield", 2, 20)])
+    done = pool(f"none={first}:none", f"none={later}:none", f"guarded={first}:shield",
+                f"guarded={later}:shield", out=tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    with (tmp_path / "out" / "pooled.csv").open() as f:
+        rows = {r["group"]: r for r in csv.DictReader(f)}
+    assert rows["none"]["seeds"] == "0 1 2" and float(rows["none"]["violations_mean"]) == 200
+    assert float(rows["guarded"]["violations_mean"]) == 20
+    assert float(rows["guarded"]["ratio_vs_none"]) == 0.1
+    assert "| guarded | 3 (0, 1, 2) | 20 ± 8 | 0.10 |" in (tmp_path / "out" / "pooled.md").read_text()
+
+
+def test_refuses_a_seed_twice_and_bad_entries(tmp_path):
+    first = tmp_path / "first"
+    write_runs(first, [("none", 0, 100)])
+    twice = pool(f"none={first}:none", f"none={first}:none", out=tmp_path / "out")
+    assert twice.returncode != 0 and "seed(s) ['0'] twice" in twice.stderr
+    missing = pool(f"none={first}:shield", out=tmp_path / "out")
+    assert missing.returncode != 0 and "no runs of mode 'shield'" in missing.stderr
+    malformed = pool("none-without-folder", out=tmp_path / "out")
+    assert malformed.returncode != 0 and "GROUP=FOLDER:MODE" in malformed.stderr
