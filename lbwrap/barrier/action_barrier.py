@@ -179,17 +179,15 @@ def unsafe_targets(
     labelled = valid & (next_cost != kappa)
     if horizon == 1:
         return unsafe, labelled
-    steps = next_cost.shape[1]
-    alive = valid.clone()
-    num = unsafe * alive
-    den = alive.to(torch.float32)
-    for j in range(1, min(horizon, steps)):
-        alive = alive.clone()
-        alive[:, : steps - j] &= valid[:, j:]
-        alive[:, steps - j:] = False
-        weight = discount ** j
-        num[:, : steps - j] += weight * unsafe[:, j:] * alive[:, : steps - j]
-        den += weight * alive
+    def ahead(x: torch.Tensor, j: int) -> torch.Tensor:  # x[:, t + j], zeros past the chunk
+        return torch.cat([x[:, j:], x.new_zeros(x.shape[0], j)], dim=1)
+
+    alive = valid  # pair t still looks ahead: every pair t..t + j stays in the episode
+    num, den = unsafe * alive, alive.to(torch.float32)
+    for j in range(1, min(horizon, next_cost.shape[1])):
+        alive = alive & ahead(valid, j)
+        num = num + discount ** j * ahead(unsafe, j) * alive
+        den = den + discount ** j * alive
     return num / den.clamp(min=1e-8), labelled
 
 
