@@ -70,7 +70,7 @@ class Args:
     2026-11-27 used 1)."""
     intervention_penalty: float = 0.1
     """Reward (env units) subtracted when the shield replaces the agent's action (shield modes;
-    runs before 2026-11-27 01:30 used 0)."""
+    the committed runs other than ``safety_pixelhazard_intervention_penalty`` used 0)."""
     learn_from_executed: bool = False
     """SAC stores the shield's executed action instead of its proposal (ExecutedActionRelabel)."""
     eval_episodes: int = 3
@@ -105,6 +105,7 @@ def run_one(job: tuple[Args, str, int]) -> dict:
     torch.set_num_threads(1)
     from stable_baselines3.common.callbacks import BaseCallback
 
+    from lbwrap.barrier import ActionBarrierConfig
     from lbwrap.eval import evaluate_agent
     from lbwrap.sb3 import LatentRefresher
     from lbwrap.sb3.recipes import SHIELD_MODES, AgentRecipe, build_safe_agent
@@ -119,8 +120,6 @@ def run_one(job: tuple[Args, str, int]) -> dict:
         sac_kwargs={"learning_starts": args.learning_starts, "buffer_size": 200_000,
                     "ent_coef": args.ent_coef},
     )
-    from lbwrap.barrier import ActionBarrierConfig
-
     built = build_safe_agent([make_env_fn(args, seed)], recipe, seed=seed, device="cpu",
                              safety_kwargs={"action_barrier":
                                             ActionBarrierConfig(horizon=args.label_horizon)})
