@@ -4,7 +4,7 @@
     python benchmarks/shield_diagnostics.py --train-steps 30000 --updates 600 \
         --out benchmarks/results/shield_diagnostics/data30k      # more data, ~8 min
     python benchmarks/shield_diagnostics.py --no-rollouts --horizons 1:0.5 3:0.5 5:0.7 \
-        --out benchmarks/results/shield_diagnostics/horizons     # label horizons, ~15 min
+        --out benchmarks/results/shield_diagnostics/horizons     # label horizons, ~11 min
 
 1. Trains a safety model (CPU preset) on random-policy PixelHazard data, as the core learning
    benchmark does, and reports its held-out balanced accuracy.
