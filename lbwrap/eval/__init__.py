@@ -2,6 +2,7 @@
 run reports (metrics CSV, plots, an evaluation-episode GIF)."""
 
 from lbwrap.eval.barrier_accuracy import heldout_barrier_accuracy
+from lbwrap.eval.data_collection import COLLECTION_POLICIES, HazardVisitor, collect_episodes
 from lbwrap.eval.evaluate import EvalResult, evaluate_agent
 from lbwrap.eval.report import (
     METRICS_COLUMNS,
@@ -15,10 +16,13 @@ from lbwrap.eval.report import (
 )
 
 __all__ = [
+    "COLLECTION_POLICIES",
     "METRICS_COLUMNS",
     "EpisodeVideo",
     "EvalResult",
+    "HazardVisitor",
     "MetricsRecorder",
+    "collect_episodes",
     "compose_video_frame",
     "evaluate_agent",
     "heldout_barrier_accuracy",

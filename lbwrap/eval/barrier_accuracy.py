@@ -1,4 +1,4 @@
-"""Random-policy episodes, and how well the barrier's sign separates their safe and unsafe states."""
+"""Storing collected episodes in the safety model's replay; how well sign(B) separates their states."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lbwrap.eval.data_collection import collect_episodes
 from lbwrap.safety_model import LatentSafetyModel
 
 __all__ = ["add_episodes", "heldout_barrier_accuracy", "random_episodes"]
@@ -52,44 +53,14 @@ def random_episodes(env: Any, n_steps: int, seed: int,
                     max_len: int = 0) -> list[dict[str, np.ndarray]]:
     """About ``n_steps`` random-policy steps as episodes in the replay's convention.
 
-    Each episode holds the frames, the action that led into each (zeros first), reward and cost on
-    arriving, ``is_first``, ``is_terminal``; layout ``k`` comes from ``reset(seed=seed*1000+k)``.
-    ``max_len > 0`` cuts episodes after that many agent steps (more layouts per step).
+    Shorthand for :func:`~lbwrap.eval.data_collection.collect_episodes` with ``policy="random"``
+    (same episodes, layouts and random draws).
     """
-    rng = np.random.default_rng(seed)
-    low, high = env.action_space.low, env.action_space.high
-    adim = env.action_space.shape[0]
-    episodes: list[dict[str, np.ndarray]] = []
-    total = k = 0
-    while total < n_steps:
-        obs, _ = env.reset(seed=seed * 1000 + k)
-        k += 1
-        cols: dict[str, list[Any]] = {"obs": [obs], "action": [np.zeros(adim, np.float32)],
-                                      "reward": [0.0], "cost": [0.0], "is_first": [True],
-                                      "is_terminal": [False]}
-        while True:
-            action = rng.uniform(low, high).astype(np.float32)
-            obs, reward, term, trunc, info = env.step(action)
-            for key, value in (("obs", obs), ("action", action), ("reward", float(reward)),
-                               ("cost", float(info["cost"])), ("is_first", False),
-                               ("is_terminal", bool(term))):
-                cols[key].append(value)
-            cut = max_len > 0 and len(cols["obs"]) > max_len
-            if term or trunc or cut or total + len(cols["obs"]) >= n_steps:
-                break
-        total += len(cols["obs"])
-        episodes.append({
-            "obs": np.stack(cols["obs"]), "action": np.stack(cols["action"]),
-            "reward": np.asarray(cols["reward"], np.float32),
-            "cost": np.asarray(cols["cost"], np.float32),
-            "is_first": np.asarray(cols["is_first"], bool),
-            "is_terminal": np.asarray(cols["is_terminal"], bool),
-        })
-    return episodes
+    return collect_episodes(env, n_steps, seed, max_len, policy="random")
 
 
 def add_episodes(safety: LatentSafetyModel, episodes: Sequence[Mapping[str, np.ndarray]]) -> None:
-    """Store episodes from :func:`random_episodes` in the safety model's replay (one env stream)."""
+    """Store episodes from :func:`collect_episodes` in the safety model's replay (one env stream)."""
     for ep in episodes:
         for t in range(len(ep["obs"])):
             safety.add_step(*(ep[key][t:t + 1] for key in _KEYS))
