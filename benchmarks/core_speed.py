@@ -16,9 +16,11 @@ also includes 1568 x 29 imagined steps, actor and value updates; ours is world m
 env step", which is what a user pays.
 
 Part B (learning): held-out balanced accuracy of sign(B) versus updates, ``cpu`` preset, on
-random-policy data of (i) PixelHazard level 2 and (ii) SafetyPointGoal1Vision-v0, 64x64. The
-held-out data are other layouts (other reset seeds), filtered with ``world_model.observe`` over
-whole episodes (posterior means); cost > kappa is unsafe, cost < kappa safe.
+data of (i) PixelHazard level 2 and (ii) SafetyPointGoal1Vision-v0, 64x64, collected by each
+policy in ``--data-policies`` (``random``; ``hazard-visitor``, scripted and privileged, see
+``lbwrap.eval.data_collection``). Each model is scored on the held-out data of every listed
+policy: other layouts (other reset seeds), filtered with ``world_model.observe`` over whole
+episodes (posterior means); cost > kappa is unsafe, cost < kappa safe.
 
 Measured (2026-11-26, 2-core CPU, one torch thread, load average noted per row in the CSVs):
 
@@ -34,6 +36,11 @@ Measured (2026-11-26, 2-core CPU, one torch thread, load average noted per row i
   updates (train 0.96): the cost head memorises the training layouts (held-out AUC of the
   predicted cost 0.44-0.76 with 6-12 layouts, 1.0 on training episodes); 12 layouts, 1200
   updates, ``barrier_input="features"`` or 40 short episodes did not lift it above 0.51.
+  The limit is the data: a random policy is in a hazard on 1.5-1.8 % of its steps. With
+  ``--data-policies random hazard-visitor`` (2026-11-27, 4000 steps over 40 layouts per policy,
+  19 % unsafe with the visitor) the visitor-trained barrier reached 0.79 on held-out visitor
+  data after 1200 updates (0.73 on random-policy held-out data, 11 unsafe states); the
+  random-trained one 0.57 and 0.49.
 
 Writes ``benchmarks/results/core_speed.csv`` (timings), ``core_learning.csv`` and
 ``core_learning.png`` (``core_speed_quick*`` with ``--quick``). Prints the tables and the
@@ -57,6 +64,7 @@ import torch
 import tyro
 
 from lbwrap.eval.barrier_accuracy import add_episodes, heldout_barrier_accuracy, random_episodes
+from lbwrap.eval.data_collection import collect_episodes
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -128,6 +136,11 @@ class Args:
     then stays near the mean and B collapses to one sign; see "Measured" in the module doc)."""
     barrier_input: str = "stoch"
     """Barrier input in part B: ``stoch`` (paper) or ``features``."""
+    data_policies: tuple[str, ...] = ("random",)
+    """Part B data-collection policies (``random``, ``hazard-visitor``): one curve per policy's
+    training data, each scored on the held-out layouts of every listed policy. The hazard visitor
+    is scripted and privileged (``lbwrap.eval.HazardVisitor``): random-policy data has too few
+    unsafe SafetyPointGoal1Vision frames to learn from."""
     max_episode_len: int = 0
     """Cut part-B episodes after this many agent steps (0: the env's own length): more layouts
     per collected step (measured on SafetyPointGoal1Vision, 6000 steps in 150-step episodes:
@@ -285,32 +298,51 @@ def write_timing(rows: list[dict[str, Any]], path: Path) -> None:
 
 # --------------------------------------------------------------------------------- part B
 def run_learning(kind: str, args: Args) -> list[dict[str, Any]]:
-    from lbwrap.barrier import BarrierConfig
-
+    """Learning curves on one env, one per training-data policy, each scored on the held-out
+    layouts of every policy in ``args.data_policies``."""
     env = make_env(kind, args)
     env_id = HAZARD_ID if kind == "hazard" else VISION_ID
     n_train = args.hazard_steps if kind == "hazard" else args.vision_steps
     n_held = args.hazard_heldout_steps if kind == "hazard" else args.vision_heldout_steps
-    try:
-        start = time.perf_counter()
-        train = random_episodes(env, n_train, args.seed, args.max_episode_len)
-        heldout = random_episodes(env, n_held, 10_000 + args.seed,  # other layouts
-                                  args.max_episode_len)
-        collect_s = time.perf_counter() - start
-        torch.manual_seed(args.seed)
-        safety = build_model(env, "cpu", args.batch_size, args.seq_len, "cpu", args.seed,
-                             n_train + 10,
-                             world_model_overrides={"cost_weight": args.cost_weight},
-                             barrier=BarrierConfig(input=args.barrier_input))
-    finally:
-        env.close()
-    add_episodes(safety, train)
-    train_cost = np.concatenate([e["cost"] for e in train])
     label = f"{env_id}" + (f" (level {args.hazard_level}, {args.hazard_view})"
                            if kind == "hazard" else "")
-    print(f"\n[learning] {label}: {n_train} train steps ({len(train)} episodes, "
-          f"{(train_cost > 0.01).mean():.1%} unsafe), {n_held} held-out steps "
-          f"({len(heldout)} episodes), collected in {collect_s:.0f} s", flush=True)
+    try:
+        start = time.perf_counter()
+        heldouts = {policy: collect_episodes(env, n_held, 10_000 + args.seed,  # other layouts
+                                             args.max_episode_len, policy=policy)
+                    for policy in args.data_policies}
+        trains = {policy: collect_episodes(env, n_train, args.seed, args.max_episode_len,
+                                           policy=policy)
+                  for policy in args.data_policies}
+        collect_s = time.perf_counter() - start
+    finally:
+        env.close()
+    rows: list[dict[str, Any]] = []
+    for policy, train in trains.items():
+        rows += _learning_curve(env, label, policy, train, heldouts, collect_s, args)
+    return rows
+
+
+def _share(episodes) -> str:
+    return f"{(np.concatenate([e['cost'] for e in episodes]) > 0.01).mean():.1%} unsafe"
+
+
+def _learning_curve(env, label: str, policy: str, train, heldouts, collect_s: float,
+                    args: Args) -> list[dict[str, Any]]:
+    from lbwrap.barrier import BarrierConfig
+
+    n_train = sum(len(e["obs"]) for e in train)
+    torch.manual_seed(args.seed)
+    safety = build_model(env, "cpu", args.batch_size, args.seq_len, "cpu", args.seed,
+                         n_train + 10,
+                         world_model_overrides={"cost_weight": args.cost_weight},
+                         barrier=BarrierConfig(input=args.barrier_input))
+    add_episodes(safety, train)
+    held_text = ", ".join(f"{p}: {sum(len(e['obs']) for e in eps)} steps, {len(eps)} episodes, "
+                          f"{_share(eps)}" for p, eps in heldouts.items())
+    print(f"\n[learning] {label}, {policy} policy: {n_train} train steps ({len(train)} episodes, "
+          f"{_share(train)}); held-out ({held_text}); all collected in {collect_s:.0f} s",
+          flush=True)
     rows: list[dict[str, Any]] = []
     metrics: dict[str, float] = {}
     train_s = 0.0
@@ -319,23 +351,32 @@ def run_learning(kind: str, args: Args) -> list[dict[str, Any]]:
             t0 = time.perf_counter()
             metrics = safety.update(args.eval_every)
             train_s += time.perf_counter() - t0
-        row = {"env": label, "updates": done, **heldout_barrier_accuracy(safety, heldout),
-               "train_balanced_accuracy_real": metrics.get("barrier/balanced_accuracy_real",
-                                                           float("nan")),
-               "cost_loss": metrics.get("world_model/cost_loss", float("nan")),
-               "image_loss": metrics.get("world_model/image_loss", float("nan")),
-               "train_s": train_s, "load_1min": load_1min()}
-        rows.append(row)
-        print(f"[learning] {kind} {done:5d} updates: held-out balanced accuracy "
-              f"{row['heldout_balanced_accuracy']:.3f} (safe {row['heldout_safe_accuracy']:.3f}, "
-              f"unsafe {row['heldout_unsafe_accuracy']:.3f}), train {row['train_balanced_accuracy_real']:.3f}, "
-              f"cost loss {row['cost_loss']:.3f}, {train_s:.0f} s, load {row['load_1min']:.2f}",
-              flush=True)
+        for held_policy, heldout in heldouts.items():
+            row = {"env": label, "data_policy": policy, "heldout_policy": held_policy,
+                   "updates": done, **heldout_barrier_accuracy(safety, heldout),
+                   "train_balanced_accuracy_real": metrics.get("barrier/balanced_accuracy_real",
+                                                               float("nan")),
+                   "cost_loss": metrics.get("world_model/cost_loss", float("nan")),
+                   "image_loss": metrics.get("world_model/image_loss", float("nan")),
+                   "train_s": train_s, "load_1min": load_1min()}
+            rows.append(row)
+            print(f"[learning] {policy} -> held-out {held_policy}, {done:5d} updates: balanced "
+                  f"accuracy {row['heldout_balanced_accuracy']:.3f} "
+                  f"(safe {row['heldout_safe_accuracy']:.3f}, "
+                  f"unsafe {row['heldout_unsafe_accuracy']:.3f}), "
+                  f"train {row['train_balanced_accuracy_real']:.3f}, "
+                  f"cost loss {row['cost_loss']:.3f}, {train_s:.0f} s, "
+                  f"load {row['load_1min']:.2f}", flush=True)
     return rows
 
 
+def _curve_key(row: dict[str, Any]) -> tuple[str, str, str]:
+    return row["env"], row["data_policy"], row["heldout_policy"]
+
+
 def write_learning(rows: list[dict[str, Any]], csv_path: Path, png_path: Path) -> None:
-    cols = ["date", "machine", "env", "updates", "heldout_balanced_accuracy",
+    cols = ["date", "machine", "env", "data_policy", "heldout_policy", "updates",
+            "heldout_balanced_accuracy",
             "heldout_safe_accuracy", "heldout_unsafe_accuracy", "heldout_n_safe",
             "heldout_n_unsafe", "train_balanced_accuracy_real", "cost_loss", "image_loss",
             "train_s", "load_1min"]
@@ -352,15 +393,15 @@ def write_learning(rows: list[dict[str, Any]], csv_path: Path, png_path: Path) -
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for env in dict.fromkeys(r["env"] for r in rows):
-        xs = [r["updates"] for r in rows if r["env"] == env]
-        ys = [r["heldout_balanced_accuracy"] for r in rows if r["env"] == env]
-        ax.plot(xs, ys, marker="o", label=env)
+    for curve in dict.fromkeys(_curve_key(r) for r in rows):
+        xs = [r["updates"] for r in rows if _curve_key(r) == curve]
+        ys = [r["heldout_balanced_accuracy"] for r in rows if _curve_key(r) == curve]
+        ax.plot(xs, ys, marker="o", label="{}: train {} / held-out {}".format(*curve))
     ax.axhline(0.5, color="grey", linestyle="--", linewidth=1, label="chance")
     ax.set_xlabel("updates (world model + barrier), cpu preset")
     ax.set_ylabel("held-out balanced accuracy of sign(B)")
     ax.set_ylim(0.0, 1.0)
-    ax.set_title("Barrier on random-policy data, held-out layouts")
+    ax.set_title("Barrier on collected data, held-out layouts")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
@@ -368,11 +409,12 @@ def write_learning(rows: list[dict[str, Any]], csv_path: Path, png_path: Path) -
 
 
 def print_learning(rows: list[dict[str, Any]]) -> None:
-    print("\n| env | updates | held-out balanced acc | safe acc | unsafe acc | n unsafe | "
-          "train acc (real) | cost loss | train s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| env | train data | held-out data | updates | held-out balanced acc | safe acc | "
+          "unsafe acc | n unsafe | train acc (real) | cost loss | train s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['env']} | {r['updates']} | {r['heldout_balanced_accuracy']:.3f} | "
+        print(f"| {r['env']} | {r['data_policy']} | {r['heldout_policy']} | {r['updates']} | "
+              f"{r['heldout_balanced_accuracy']:.3f} | "
               f"{r['heldout_safe_accuracy']:.3f} | {r['heldout_unsafe_accuracy']:.3f} | "
               f"{r['heldout_n_unsafe']} | {r['train_balanced_accuracy_real']:.3f} | "
               f"{r['cost_loss']:.3f} | {r['train_s']:.0f} |")

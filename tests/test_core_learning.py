@@ -99,3 +99,40 @@ def test_barrier_sign_separates_heldout_states(seed):
         f"(safe {result['safe']:.3f}, unsafe {result['unsafe']:.3f}, "
         f"cost loss {result['cost_loss']:.3f}, {elapsed:.0f} s)"
     )
+
+
+#: SafetyPointGoal1Vision: random-policy data holds too few unsafe frames (1.5-1.8 %) for the
+#: barrier to generalise (held-out 0.53 even with 80k env steps, benchmarks/core_speed.py);
+#: with the scripted hazard visitor's data (~19 % unsafe) it does. Settings as the benchmark's
+#: (CPU preset, 64x64, cost_weight 100) at a smaller budget. Measured (seed 0, one torch
+#: thread): 0.761 (safe 0.971, unsafe 0.551), 5-7 min with a benchmark run beside it; the
+#: benchmark's curve at 4000 steps was 0.75-0.79 from 400 updates on. 0.65 leaves ~0.1 of margin.
+VISION_TRAIN_STEPS = 3000
+VISION_HELDOUT_STEPS = 1500
+VISION_UPDATES = 500
+VISION_BOUND = 0.65
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.usefixtures("one_torch_thread")
+def test_barrier_sign_separates_heldout_states_on_safety_point_goal1_vision():
+    from lbwrap.eval import collect_episodes
+
+    torch.manual_seed(0)
+    env = lbwrap.make_pixel_env("SafetyPointGoal1Vision-v0", size=64, action_repeat=2)
+    try:
+        train = collect_episodes(env, VISION_TRAIN_STEPS, 0, max_len=100, policy="hazard-visitor")
+        heldout = collect_episodes(env, VISION_HELDOUT_STEPS, 10_000, max_len=100,
+                                   policy="hazard-visitor")  # other layouts
+        safety = LatentSafetyModel.for_env(env, preset="cpu", seed=0, device="cpu",
+                                           world_model_overrides={"cost_weight": 100.0})
+    finally:
+        env.close()
+    add_episodes(safety, train)
+    metrics = safety.update(VISION_UPDATES)
+    balanced, acc_safe, acc_unsafe = heldout_balanced_accuracy(safety, heldout)
+    print(f"held-out balanced accuracy {balanced:.3f} (safe {acc_safe:.3f}, unsafe {acc_unsafe:.3f})")
+    assert balanced > VISION_BOUND, (
+        f"held-out balanced accuracy {balanced:.3f} <= {VISION_BOUND} (safe {acc_safe:.3f}, "
+        f"unsafe {acc_unsafe:.3f}, cost loss {metrics['world_model/cost_loss']:.3f})")

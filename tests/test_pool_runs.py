@@ -23,7 +23,7 @@ def write_runs(folder: Path, rows: list[tuple[str, int, float]]) -> None:
 
 def pool(*sources: str, out: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), *sources],
-                          capture_output=True, text=True)
+                          check=False, capture_output=True, text=True)
 
 
 def test_pools_seeds_from_two_folders_and_rates_against_none(tmp_path):
