@@ -23,3 +23,16 @@ def test_quickstart_snippet_runs():
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 (running the README is the test)
     callback_steps = namespace["agent"].num_timesteps
     assert callback_steps == 300
+
+
+def test_offline_data_snippet_runs(capsys):
+    code = snippet("snippet:offline")
+    for full, short in (("collect_episodes(env, 4000", "collect_episodes(env, 150"),
+                        ("collect_episodes(env, 2000", "collect_episodes(env, 100"),
+                        ("safety.update(600)", "safety.update(2)")):
+        assert full in code
+        code = code.replace(full, short)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 (running the README is the test)
+    assert "heldout_balanced_accuracy" in capsys.readouterr().out
+    namespace["env"].close()

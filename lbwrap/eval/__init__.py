@@ -1,7 +1,7 @@
 """Evaluation: deterministic episodes on held-out layouts, with the agent's own safety stack, and
 run reports (metrics CSV, plots, an evaluation-episode GIF)."""
 
-from lbwrap.eval.barrier_accuracy import heldout_barrier_accuracy
+from lbwrap.eval.barrier_accuracy import add_episodes, heldout_barrier_accuracy
 from lbwrap.eval.data_collection import COLLECTION_POLICIES, HazardVisitor, collect_episodes
 from lbwrap.eval.evaluate import EvalResult, evaluate_agent
 from lbwrap.eval.report import (
@@ -22,6 +22,7 @@ __all__ = [
     "EvalResult",
     "HazardVisitor",
     "MetricsRecorder",
+    "add_episodes",
     "collect_episodes",
     "compose_video_frame",
     "evaluate_agent",
