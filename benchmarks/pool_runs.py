@@ -7,12 +7,18 @@
 
 Each argument is ``GROUP=FOLDER:MODE``: the rows of ``FOLDER/runs.csv`` whose mode is ``MODE`` go
 into ``GROUP``. A seed may appear once per group (a clash is an error). Ratios are against the
-group named ``none`` when there is one. Writes ``<out>/pooled.md`` and ``<out>/pooled.csv``.
+group named ``none`` when there is one. Every pair of the other groups is also compared seed by
+seed on cumulative violations: in how many shared seeds the first is lower, the mean paired
+difference with its standard error, and the exact two-sided sign-test p-value (ties dropped).
+Writes ``<out>/pooled.md``, ``<out>/pooled.csv`` and, with two or more such groups,
+``<out>/paired.csv``.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +41,34 @@ def parse(entry: str) -> tuple[str, Path, str]:
     if not (sep and sep2 and group and folder and mode):
         raise SystemExit(f"expected GROUP=FOLDER:MODE, got {entry!r}")
     return group, Path(folder), mode
+
+
+def sign_test_p(wins: int, losses: int) -> float:
+    """Exact two-sided sign-test p-value for ``wins`` against ``losses`` (ties excluded)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired_rows(groups: dict[str, list[dict]]) -> list[dict]:
+    """Seed-by-seed comparison of cumulative violations for each pair of non-``none`` groups."""
+    by_seed = {g: {int(r["seed"]): float(r["cum_violations"]) for r in rows}
+               for g, rows in groups.items() if g != "none"}
+    out = []
+    for first, second in itertools.combinations(by_seed, 2):
+        seeds = sorted(by_seed[first].keys() & by_seed[second].keys())
+        if not seeds:
+            continue
+        diff = np.array([by_seed[first][s] - by_seed[second][s] for s in seeds])
+        wins, losses = int((diff < 0).sum()), int((diff > 0).sum())
+        stderr = diff.std(ddof=1) / math.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+        out.append({"first": first, "second": second, "shared_seeds": len(seeds),
+                    "first_lower": wins, "second_lower": losses,
+                    "mean_difference": float(diff.mean()), "stderr": float(stderr),
+                    "sign_test_p": sign_test_p(wins, losses)})
+    return out
 
 
 def main(args: Args) -> None:
@@ -71,12 +105,21 @@ def main(args: Args) -> None:
         lines.append(f"| {group} | {len(seeds)} ({', '.join(map(str, seeds))}) | "
                      f"{v.mean():.0f} ± {v.std():.0f} | {ratio:.2f} | "
                      f"{ret.mean():.2f} ± {ret.std():.2f} | {cost.mean():.1f} ± {cost.std():.1f} |")
+    pairs = paired_rows(groups)
+    if pairs:
+        header = ("| paired by seed | shared seeds | first lower in | mean difference "
+                  "(first - second) | sign-test p |")
+        lines += ["", header, "|---|---|---|---|---|"]
+        lines += [f"| {p['first']} vs {p['second']} | {p['shared_seeds']} | {p['first_lower']} "
+                  f"(second in {p['second_lower']}) | {p['mean_difference']:.0f} ± "
+                  f"{p['stderr']:.0f} | {p['sign_test_p']:.2f} |" for p in pairs]
     args.out.mkdir(parents=True, exist_ok=True)
     write_csv(args.out / "pooled.csv", table, dated=False)
+    if pairs:
+        write_csv(args.out / "paired.csv", pairs, dated=False)
     sources = [f"- {e}" for e in args.sources]
     write_markdown(args.out / "pooled.md", ["# pooled safety-benchmark runs", "", *lines, "",
                                             "sources:", *sources])
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -50,3 +50,19 @@ def test_refuses_a_seed_twice_and_bad_entries(tmp_path):
     assert missing.returncode != 0 and "no runs of mode 'shield'" in missing.stderr
     malformed = pool("none-without-folder", out=tmp_path / "out")
     assert malformed.returncode != 0 and "GROUP=FOLDER:MODE" in malformed.stderr
+
+
+def test_pairs_groups_seed_by_seed_with_a_sign_test(tmp_path):
+    runs = tmp_path / "runs"
+    # "a" is lower than "b" in 5 of 6 seeds; one tie is dropped from the sign test
+    write_runs(runs, [*(("a", s, 10 + s) for s in range(7)),
+                      *(("b", s, 20 + s) for s in range(5)), ("b", 5, 10), ("b", 6, 16)])
+    done = pool(f"a={runs}:a", f"b={runs}:b", out=tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    with (tmp_path / "out" / "paired.csv").open() as f:
+        (pair,) = list(csv.DictReader(f))
+    assert (pair["first"], pair["second"], pair["shared_seeds"]) == ("a", "b", "7")
+    assert (pair["first_lower"], pair["second_lower"]) == ("5", "1")
+    assert float(pair["sign_test_p"]) == 14 / 64  # 2 * P(X <= 1), X ~ Bin(6, 1/2)
+    assert float(pair["mean_difference"]) == (5 * -10 + 5 + 0) / 7
+    assert "| a vs b | 7 | 5 (second in 1) |" in (tmp_path / "out" / "pooled.md").read_text()
