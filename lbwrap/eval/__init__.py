@@ -1,5 +1,6 @@
-"""Evaluation: deterministic episodes on held-out layouts, with the agent's own safety stack, and
-run reports (metrics CSV, plots, an evaluation-episode GIF)."""
+"""Evaluation: deterministic episodes on held-out layouts, with the agent's own safety stack; run
+reports (metrics CSV, plots, an evaluation-episode GIF); offline episodes for the safety model
+(random or scripted hazard-visiting collection) and the held-out accuracy of its barrier."""
 
 from lbwrap.eval.barrier_accuracy import add_episodes, heldout_barrier_accuracy
 from lbwrap.eval.data_collection import COLLECTION_POLICIES, HazardVisitor, collect_episodes
