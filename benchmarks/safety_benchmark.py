@@ -71,6 +71,9 @@ class Args:
     intervention_penalty: float = 0.1
     """Reward (env units) subtracted when the shield replaces the agent's action (shield modes;
     the committed runs other than ``safety_pixelhazard_intervention_penalty`` used 0)."""
+    ready_release_accuracy: float | None = None
+    """Gate hysteresis (``SafetyModelConfig.ready_release_accuracy``): once open, the shield stays
+    on while the accuracies stay at or above this; None (default): closes below 0.8."""
     learn_from_executed: bool = False
     """SAC stores the shield's executed action instead of its proposal (ExecutedActionRelabel)."""
     eval_episodes: int = 3
@@ -122,7 +125,8 @@ def run_one(job: tuple[Args, str, int]) -> dict:
     )
     built = build_safe_agent([make_env_fn(args, seed)], recipe, seed=seed, device="cpu",
                              safety_kwargs={"action_barrier":
-                                            ActionBarrierConfig(horizon=args.label_horizon)})
+                                            ActionBarrierConfig(horizon=args.label_horizon),
+                                            "ready_release_accuracy": args.ready_release_accuracy})
     curve: list[tuple[int, int, float, float]] = []
     warmup: dict[str, int] = {}
 
@@ -165,6 +169,7 @@ def run_one(job: tuple[Args, str, int]) -> dict:
         "learn_from_executed": args.learn_from_executed,
         "intervention_penalty": args.intervention_penalty, "label_horizon": args.label_horizon,
         "pretrain_updates": args.pretrain_updates,
+        "ready_release_accuracy": args.ready_release_accuracy,
         "model_learning_starts": args.model_learning_starts,
         "refresh_count": refresher.refresh_count if refresher else 0,
         "refresh_s_total": refresher.seconds_total if refresher else 0.0,

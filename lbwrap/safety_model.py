@@ -85,6 +85,11 @@ class SafetyModelConfig:
     """At least this fraction of sampled sequences contains a costly step (unsafe states are rare)."""
     ready_accuracy: float = 0.8
     """Balanced accuracy (EMA) of sign(B) on real labelled states needed before shielding."""
+    ready_release_accuracy: float | None = None
+    """Hysteresis of the gate: once open, it stays open while the accuracies stay at or above
+    this (<= ``ready_accuracy``). ``None``: the gate closes as soon as they fall below
+    ``ready_accuracy``. Whether the gate was open is not saved: a loaded model opens it again
+    at ``ready_accuracy``."""
     ready_min_updates: int = 100
     """Barrier updates needed before shielding."""
     ready_min_unsafe: int = 50
@@ -113,6 +118,10 @@ class SafetyModelConfig:
             raise ValueError(f"SafetyModelConfig.cost_fraction must be in [0, 1], got {self.cost_fraction}")
         if not 0.0 <= self.ready_accuracy <= 1.0:
             raise ValueError(f"SafetyModelConfig.ready_accuracy must be in [0, 1], got {self.ready_accuracy}")
+        release = self.ready_release_accuracy
+        if release is not None and not 0.0 <= release <= self.ready_accuracy:
+            raise ValueError(f"SafetyModelConfig.ready_release_accuracy must be in [0, "
+                             f"ready_accuracy={self.ready_accuracy}] or None, got {release}")
         if not self.world_model_lr > 0:
             raise ValueError(f"SafetyModelConfig.world_model_lr must be > 0, got {self.world_model_lr}")
 
@@ -215,6 +224,7 @@ class LatentSafetyModel(nn.Module):
             seed=seed,
         )
         self.force_ready: bool | None = None
+        self._gate_open = False  # for ready_release_accuracy; updated after each update() call
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -351,6 +361,7 @@ class LatentSafetyModel(nn.Module):
             if self.action_barrier is not None:
                 metrics.update({f"action_barrier/{k}": v
                                 for k, v in self._update_action_barrier(out.embed, batch).items()})
+        self._refresh_gate()
         metrics["safety/accuracy_ema"] = float(self.accuracy_ema)
         metrics["safety/ready"] = float(self.ready)
         metrics["safety/unsafe_seen"] = float(self.unsafe_seen)
@@ -395,14 +406,25 @@ class LatentSafetyModel(nn.Module):
         """Whether the barrier is trusted to shield (see module doc); ``force_ready`` overrides."""
         if self.force_ready is not None:
             return bool(self.force_ready)
+        return self._accuracies_pass()
+
+    def _refresh_gate(self) -> None:
+        """Remember whether the gate is open now (``ready_release_accuracy``'s hysteresis)."""
+        self._gate_open = self._accuracies_pass()
+
+    def _accuracies_pass(self) -> bool:
+        """The gate's test, with the release threshold while the gate is open (hysteresis)."""
         cfg = self.config
+        threshold = cfg.ready_accuracy
+        if self._gate_open and cfg.ready_release_accuracy is not None:
+            threshold = cfg.ready_release_accuracy
         accuracies = [float(self.accuracy_ema)]
         if self.shield_filter.config.predictor == "action_barrier":
             accuracies.append(float(self.action_accuracy_ema))
         return (
             self.barrier_trainer.num_updates >= cfg.ready_min_updates
             and int(self.unsafe_seen) >= cfg.ready_min_unsafe
-            and all(math.isfinite(acc) and acc >= cfg.ready_accuracy for acc in accuracies)
+            and all(math.isfinite(acc) and acc >= threshold for acc in accuracies)
         )
 
     # ------------------------------------------------------------------ persistence

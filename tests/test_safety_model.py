@@ -66,6 +66,38 @@ def test_readiness_gate(tiny_safety):
     assert not safety.ready
 
 
+@pytest.mark.parametrize("release", [None, 0.6])
+def test_readiness_gate_hysteresis(tiny_safety, release):
+    safety = tiny_safety(hazard(), ready_min_updates=2, ready_min_unsafe=1, ready_accuracy=0.7,
+                         ready_release_accuracy=release)
+    safety.barrier_trainer.num_updates = 2
+    safety.unsafe_seen.fill_(5)
+
+    def accuracies(value):
+        safety.accuracy_ema.fill_(value)
+        safety.action_accuracy_ema.fill_(value)
+
+    accuracies(0.65)
+    safety._refresh_gate()  # what every update() call ends with
+    assert not safety.ready  # never opened: the entry threshold applies
+    accuracies(0.75)
+    safety._refresh_gate()
+    assert safety.ready
+    accuracies(0.65)  # below entry, above release
+    assert safety.ready is (release is not None)
+    safety._refresh_gate()
+    accuracies(0.55)  # below both
+    safety._refresh_gate()
+    assert not safety.ready
+    accuracies(0.65)  # closed again: the entry threshold applies again
+    assert not safety.ready
+
+
+def test_ready_release_accuracy_is_validated(tiny_safety):
+    with pytest.raises(ValueError, match="ready_release_accuracy must be in"):
+        tiny_safety(hazard(), ready_accuracy=0.7, ready_release_accuracy=0.8)
+
+
 def test_readiness_gate_without_action_barrier(tiny_safety):
     safety = tiny_safety(hazard(), ready_min_updates=2, ready_min_unsafe=1, ready_accuracy=0.7,
                          action_barrier=None)
