@@ -71,7 +71,6 @@ class HazardVisitor:
     def __init__(self, env: Any, rng: np.random.Generator, noise: float = 0.5) -> None:
         if not (noise >= 0 and math.isfinite(noise)):
             raise ValueError(f"noise must be a finite number >= 0, got {noise}")
-        self._env = env
         self._base = env.unwrapped
         self._rng = rng
         self._noise = float(noise)
