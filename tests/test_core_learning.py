@@ -105,7 +105,7 @@ def test_barrier_sign_separates_heldout_states(seed):
 #: barrier to generalise (held-out 0.53 even with 80k env steps, benchmarks/core_speed.py);
 #: with the scripted hazard visitor's data (~19 % unsafe) it does. Settings as the benchmark's
 #: (CPU preset, 64x64, cost_weight 100) at a smaller budget. Measured (seed 0, one torch
-#: thread): 0.761 (safe 0.971, unsafe 0.551), 5-7 min with a benchmark run beside it; the
+#: thread): 0.761 (safe 0.971, unsafe 0.551), 5-7.5 min with a benchmark run beside it; the
 #: benchmark's curve at 4000 steps was 0.75-0.79 from 400 updates on. 0.65 leaves ~0.1 of margin.
 VISION_TRAIN_STEPS = 3000
 VISION_HELDOUT_STEPS = 1500
