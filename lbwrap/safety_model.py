@@ -18,7 +18,9 @@ network's balanced accuracy on real transitions (EMA) must reach ``ready_accurac
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -159,6 +161,17 @@ def image_shape_of(observation_space: Any) -> tuple[int, int, int]:
     return (3, shape[0], shape[1])
 
 
+@contextlib.contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Draw from torch's global RNG seeded with ``seed`` inside, and leave its state untouched."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        yield
+
+
 class LatentSafetyModel(nn.Module):
     """World model and barrier (submodules), their trainers, the pixel replay and the shield logic.
 
@@ -167,7 +180,8 @@ class LatentSafetyModel(nn.Module):
         action_low, action_high: the action box (the shield never leaves it).
         num_envs: parallel env streams the replay expects (``add_step`` takes that many rows).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
-        seed: seeds replay sampling, imagination and the shield's candidate draws.
+        seed: seeds the initial weights (without touching torch's global RNG state), replay
+            sampling, imagination and the shield's candidate draws.
     """
 
     def __init__(
@@ -183,8 +197,11 @@ class LatentSafetyModel(nn.Module):
         self.config = config
         self.seed = seed
         wm_cfg = config.world_model
-        self.world_model = WorldModel(wm_cfg)
-        self.barrier = BarrierNet.from_config(config.barrier, wm_cfg.stoch_dim, wm_cfg.deter_dim)
+        with _seeded(seed):  # initial weights from ``seed`` alone, whatever the process ran before
+            self.world_model = WorldModel(wm_cfg)
+            self.barrier = BarrierNet.from_config(config.barrier, wm_cfg.stoch_dim, wm_cfg.deter_dim)
+            action_barrier = None if config.action_barrier is None else ActionBarrierNet.from_config(
+                config.action_barrier, self.world_model.embed_dim, wm_cfg.action_dim)
         low = np.asarray(action_low, dtype=np.float32).reshape(-1)
         high = np.asarray(action_high, dtype=np.float32).reshape(-1)
         if low.shape != (wm_cfg.action_dim,) or high.shape != (wm_cfg.action_dim,):
@@ -199,9 +216,8 @@ class LatentSafetyModel(nn.Module):
         self.register_buffer("unsafe_seen", torch.tensor(0, dtype=torch.long))
         self.action_barrier: ActionBarrierNet | None = None
         self.action_barrier_trainer: BarrierTrainer | None = None
-        if config.action_barrier is not None:
-            self.action_barrier = ActionBarrierNet.from_config(
-                config.action_barrier, self.world_model.embed_dim, wm_cfg.action_dim)
+        if action_barrier is not None:
+            self.action_barrier = action_barrier
             self.register_buffer("action_accuracy_ema", torch.tensor(float("nan")))
         self.to(resolve_device(device))
         self.wm_trainer = WorldModelTrainer(self.world_model, lr=config.world_model_lr)

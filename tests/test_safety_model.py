@@ -163,3 +163,17 @@ def test_check_spaces_messages(tiny_safety):
         safety.check_spaces(hazard(32).observation_space, gym.spaces.Box(-1, 1, (3,), np.float32))
     with pytest.raises(ValueError, match="action box"):
         safety.check_spaces(hazard(32).observation_space, gym.spaces.Box(-2, 2, (2,), np.float32))
+
+
+def test_seed_fixes_initial_weights_whatever_ran_before_and_leaves_global_rng_alone(tiny_safety):
+    torch.manual_seed(1)
+    first = tiny_safety(hazard(), seed=7)
+    torch.manual_seed(2)  # another global state, as after another run in the same process
+    state = torch.random.get_rng_state()
+    second = tiny_safety(hazard(), seed=7)
+    assert torch.equal(torch.random.get_rng_state(), state)  # construction drew nothing globally
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values()):
+        assert torch.equal(a, b) or (a.isnan().all() and b.isnan().all()), name
+    other = tiny_safety(hazard(), seed=8)
+    assert not torch.equal(next(other.world_model.parameters()),
+                           next(first.world_model.parameters()))
