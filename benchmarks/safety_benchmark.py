@@ -59,6 +59,9 @@ class Args:
     pretrain_updates: int = 200
     """Extra safety-model updates in its first training call (Dreamer's "pretrain"; runs before
     2026-11-27 used 0 with model_learning_starts 500)."""
+    pretrain_min_unsafe: int = 0
+    """Defer the burst until the replay holds this many unsafe steps (``CoTrainCallback``;
+    0: at the first training call, as in the runs before 2026-11-27 (6))."""
     train_every: int = 100
     """Agent steps between safety-model training calls."""
     updates_per_train: int = 10
@@ -116,7 +119,8 @@ def run_one(job: tuple[Args, str, int]) -> dict:
     recipe = AgentRecipe(
         mode=mode, train_every=args.train_every, updates_per_train=args.updates_per_train,
         model_learning_starts=args.model_learning_starts,
-        pretrain_updates=args.pretrain_updates, refresh_every=args.refresh_every,
+        pretrain_updates=args.pretrain_updates, pretrain_min_unsafe=args.pretrain_min_unsafe,
+        refresh_every=args.refresh_every,
         learn_from_executed=args.learn_from_executed,
         intervention_penalty=args.intervention_penalty,
         reward_scale=args.reward_scale,
@@ -168,7 +172,7 @@ def run_one(job: tuple[Args, str, int]) -> dict:
         "refresh_every": args.refresh_every,
         "learn_from_executed": args.learn_from_executed,
         "intervention_penalty": args.intervention_penalty, "label_horizon": args.label_horizon,
-        "pretrain_updates": args.pretrain_updates,
+        "pretrain_updates": args.pretrain_updates, "pretrain_min_unsafe": args.pretrain_min_unsafe,
         "ready_release_accuracy": args.ready_release_accuracy,
         "model_learning_starts": args.model_learning_starts,
         "refresh_count": refresher.refresh_count if refresher else 0,

@@ -126,6 +126,35 @@ def test_callback_pretrain_updates_once_and_not_again_after_resume():
     assert safety.num_updates == 11 + 2
 
 
+def test_callback_defers_pretrain_until_the_replay_holds_unsafe_steps():
+    costs = (0.0,) * 25 + (1.0,) * 5  # cost steps at agent steps 26-30 of each 30-step episode
+    venv = DummyVecEnv([scripted_factory(episode_length=30, costs=costs)])
+    safety = make_tiny_safety(venv)
+    venv = VecLatentObservation(venv, safety)
+    calls: list[tuple[int, int]] = []  # (updates asked for, unsafe steps stored) per training call
+    real_update = safety.update
+
+    def spy(num_updates=1):
+        calls.append((num_updates, safety.replay.num_cost_steps))
+        return real_update(num_updates)
+
+    safety.update = spy
+    agent = SAC("MlpPolicy", venv, learning_starts=1000, seed=0)
+    callback = CoTrainCallback(safety, train_every=10, updates_per_train=2, learning_starts=10,
+                               pretrain_updates=5, pretrain_min_unsafe=3)
+    agent.learn(50, callback=callback)
+    assert calls == [(2, 0), (2, 0), (2 + 5, 5), (2, 5), (2, 5)]  # burst once, at step 30
+    assert int(safety.unsafe_seen) > 0
+    # a resumed run whose barrier has trained on unsafe states does not pre-train again
+    calls.clear()
+    resumed = CoTrainCallback(safety, train_every=10, updates_per_train=2, learning_starts=0,
+                              pretrain_updates=5, pretrain_min_unsafe=3)
+    agent.learn(20, callback=resumed, reset_num_timesteps=False)
+    assert [n for n, _ in calls] == [2, 2]
+    with pytest.raises(ValueError, match="pretrain_min_unsafe"):
+        CoTrainCallback(safety, pretrain_min_unsafe=-1)
+
+
 def test_callback_errors():
     venv = DummyVecEnv([hazard_factory(0)] * 2)
     safety = make_tiny_safety(DummyVecEnv([hazard_factory(0)]))  # built for 1 env stream

@@ -31,6 +31,12 @@ class CoTrainCallback(BaseCallback):
         pretrain_updates: extra updates in the first training call, made only while the safety
             model has never been updated (so a resumed run does not repeat them); like Dreamer's
             ``pretrain``, they let the barrier pass its readiness gate, and the shield act, sooner.
+        pretrain_min_unsafe: when to spend ``pretrain_updates``. ``0``: in the first training
+            call. ``k >= 1``: in the first training call at which the replay holds at least ``k``
+            unsafe (cost > 0) steps, made only while the barrier has never trained on an unsafe
+            state (a resumed run that has does not pre-train again). Until then training runs at
+            the normal rate. A burst spent before the agent has met a hazard teaches the barrier
+            nothing about hazards; deferred, it lets the gate open soon after the first contact.
         save_path: folder for safety-model checkpoints (``None``: no saving).
         save_freq: env steps between checkpoints (0: only at the end of training).
         name_prefix: checkpoint file prefix (as SB3's ``CheckpointCallback``).
@@ -48,6 +54,7 @@ class CoTrainCallback(BaseCallback):
         updates_per_train: int = 10,
         learning_starts: int = 1000,
         pretrain_updates: int = 0,
+        pretrain_min_unsafe: int = 0,
         save_path: str | Path | None = None,
         save_freq: int = 0,
         name_prefix: str = "safety_model",
@@ -60,13 +67,17 @@ class CoTrainCallback(BaseCallback):
         for name, value in (("train_every", train_every), ("updates_per_train", updates_per_train)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if learning_starts < 0 or save_freq < 0 or pretrain_updates < 0:
-            raise ValueError("learning_starts, pretrain_updates and save_freq must be >= 0")
+        if learning_starts < 0 or save_freq < 0 or pretrain_updates < 0 or pretrain_min_unsafe < 0:
+            raise ValueError(
+                "learning_starts, pretrain_updates, pretrain_min_unsafe and save_freq must be >= 0"
+            )
         self.safety = safety
         self.train_every = int(train_every)
         self.updates_per_train = int(updates_per_train)
         self.learning_starts = int(learning_starts)
         self.pretrain_updates = int(pretrain_updates)
+        self.pretrain_min_unsafe = int(pretrain_min_unsafe)
+        self._pretrain_pending = False
         self.save_path = Path(save_path) if save_path is not None else None
         self.save_freq = int(save_freq)
         self.name_prefix = name_prefix
@@ -94,6 +105,9 @@ class CoTrainCallback(BaseCallback):
             )
         self._ep_cost = np.zeros(n)
         self._ep_len = np.zeros(n, dtype=np.int64)
+        already = (int(self.safety.unsafe_seen) > 0 if self.pretrain_min_unsafe
+                   else self.safety.num_updates > 0)
+        self._pretrain_pending = self.pretrain_updates > 0 and not already
         self._pending_first = [None] * n
         last_obs = getattr(self.model, "_last_obs", None)
         if self._agent_sees_pixels() and last_obs is not None:
@@ -144,8 +158,11 @@ class CoTrainCallback(BaseCallback):
             self._since_train = 0
             if self.safety.can_train():
                 n = self.updates_per_train
-                if self.safety.num_updates == 0:
+                if self._pretrain_pending and (
+                    self.safety.replay.num_cost_steps >= self.pretrain_min_unsafe
+                ):
                     n += self.pretrain_updates
+                    self._pretrain_pending = False
                 self.last_metrics = self.safety.update(n)
         if self.save_path is not None and self.save_freq and self._since_save >= self.save_freq:
             self._since_save = 0

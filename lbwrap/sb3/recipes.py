@@ -60,6 +60,9 @@ class AgentRecipe:
     model_learning_starts: int = 1000
     pretrain_updates: int = 0
     """Extra safety-model updates in the first training call (see :class:`CoTrainCallback`)."""
+    pretrain_min_unsafe: int = 0
+    """Defer ``pretrain_updates`` until the replay holds this many unsafe steps (0: no deferral;
+    see :class:`CoTrainCallback`)."""
     penalty_scale: float = 1.0
     intervention_penalty: float = 0.0
     """Reward (env units) subtracted when the shield replaces the agent's action (shield modes):
@@ -136,7 +139,8 @@ def build_safe_agent(
     cotrain = CoTrainCallback(safety, train_every=recipe.train_every,
                               updates_per_train=recipe.updates_per_train,
                               learning_starts=recipe.model_learning_starts,
-                              pretrain_updates=recipe.pretrain_updates)
+                              pretrain_updates=recipe.pretrain_updates,
+                              pretrain_min_unsafe=recipe.pretrain_min_unsafe)
     callbacks: list[BaseCallback] = [cotrain]
     if recipe.refresh_every > 0:  # after cotrain: it maps SB3 slots to the frames cotrain wrote
         callbacks.append(LatentRefresher(safety, refresh_every=recipe.refresh_every))
