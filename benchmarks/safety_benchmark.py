@@ -48,9 +48,9 @@ class Args:
     """Agent steps per run (env steps = agent_steps * action_repeat)."""
     learning_starts: int = 500
     """Random-action warm-up of SAC, in agent steps."""
-    model_learning_starts: int = 250
-    """Agent steps before the world model and barriers start training (with the pre-training
-    burst, the shield can act from about here, inside SAC's random warm-up)."""
+    model_learning_starts: int = 50
+    """Agent steps before the world model and barriers start training (runs before
+    2026-11-27 (6) used 250; the pre-training burst waits for ``pretrain_min_unsafe``)."""
     reward_scale: float = 10.0
     """Reward multiplier for the agent (VecRewardScale); PixelHazard pays ~0.05 per step, which
     SAC's entropy bonus drowns at scale 1 (SAC on the true state did not learn in 5k steps)."""
@@ -59,9 +59,9 @@ class Args:
     pretrain_updates: int = 200
     """Extra safety-model updates in its first training call (Dreamer's "pretrain"; runs before
     2026-11-27 used 0 with model_learning_starts 500)."""
-    pretrain_min_unsafe: int = 0
+    pretrain_min_unsafe: int = 3
     """Defer the burst until the replay holds this many unsafe steps (``CoTrainCallback``;
-    0: at the first training call, as in the runs before 2026-11-27 (6))."""
+    runs before 2026-11-27 (6) used 0: at the first training call)."""
     train_every: int = 100
     """Agent steps between safety-model training calls."""
     updates_per_train: int = 10

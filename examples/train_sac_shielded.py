@@ -93,10 +93,13 @@ class Args:
     updates_per_train: int | None = None
     """World-model + barrier updates per training call (quick 10, paper 100)."""
     model_learning_starts: int | None = None
-    """Env steps collected before the safety model's first update (quick 500, paper 5000)."""
+    """Env steps collected before the safety model's first update (quick 100, paper 5000)."""
     pretrain_updates: int | None = None
-    """Extra safety-model updates in its first training call, so the shield can act sooner
+    """Extra safety-model updates in one training call, so the shield can act sooner
     (Dreamer's "pretrain"; quick 200, paper 100)."""
+    pretrain_min_unsafe: int | None = None
+    """Spend ``pretrain_updates`` once the safety model's replay holds this many unsafe steps
+    (the first hazard contact), not before; 0: in the first training call (presets 3)."""
     model_batch: int | None = None
     """World-model batch: sequences per update (quick 16, paper 32)."""
     model_seq_len: int | None = None
@@ -144,7 +147,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "size": 64, "action_repeat": 2, "learning_starts": 1000, "batch_size": 256,
         "buffer_size": 100_000, "train_every": 200, "updates_per_train": 10,
-        "model_learning_starts": 500, "pretrain_updates": 200, "model_batch": 16, "model_seq_len": 32,
+        "model_learning_starts": 100, "pretrain_updates": 200, "pretrain_min_unsafe": 3,
+        "model_batch": 16, "model_seq_len": 32,
         "checkpoint_every": 10_000, "metrics_every": 1000, "world_model": "cpu",
         "reward_scale": 10.0, "ent_coef": "auto_0.1", "refresh_every": 0,
         "shield_predictor": "action_barrier", "intervention_penalty": 0.1,
@@ -152,7 +156,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "total_env_steps": 1_000_000, "size": 64, "action_repeat": 2, "learning_starts": 5000,
         "batch_size": 256, "buffer_size": 500_000, "train_every": 1000, "updates_per_train": 100,
-        "model_learning_starts": 5000, "pretrain_updates": 100, "model_batch": 32, "model_seq_len": 50,
+        "model_learning_starts": 5000, "pretrain_updates": 100, "pretrain_min_unsafe": 3,
+        "model_batch": 32, "model_seq_len": 50,
         "eval_episodes": 10, "checkpoint_every": 50_000, "metrics_every": 5000,
         "world_model": "paper", "reward_scale": 10.0, "ent_coef": "auto_0.1", "refresh_every": 0,
         "shield_predictor": "action_barrier", "intervention_penalty": 0.1,
@@ -267,7 +272,7 @@ def build(cfg: dict[str, Any]):
         sac_kwargs=sac_kwargs, train_every=max(1, agent_steps(cfg, cfg["train_every"])),
         updates_per_train=cfg["updates_per_train"],
         model_learning_starts=agent_steps(cfg, cfg["model_learning_starts"]),
-        pretrain_updates=cfg["pretrain_updates"],
+        pretrain_updates=cfg["pretrain_updates"], pretrain_min_unsafe=cfg["pretrain_min_unsafe"],
         intervention_penalty=cfg["intervention_penalty"],
         reward_scale=cfg["reward_scale"],
         refresh_every=agent_steps(cfg, cfg["refresh_every"]) if cfg["refresh_every"] else 0,

@@ -143,6 +143,17 @@ def test_presets_and_explicit_flags(example):
         example.resolve(example.Args(total_env_steps=0))
 
 
+def test_presets_defer_the_pretraining_burst_to_the_first_hazard_contact(example):
+    for preset in ("quick", "paper"):
+        assert example.resolve(example.Args(preset=preset))["pretrain_min_unsafe"] == 3
+    cfg = example.resolve(example.Args(env_id="lbwrap/PixelHazard-v0", tiny=True, size=32,
+                                       pretrain_min_unsafe=7, out_dir=Path("unused")))
+    built = example.build(cfg)
+    assert built.cotrain.pretrain_min_unsafe == 7
+    assert built.cotrain.pretrain_updates == cfg["pretrain_updates"] == 200
+    built.env.close()
+
+
 def test_shield_predictor_flag(example):
     quick = example.resolve(example.Args())
     assert quick["shield_predictor"] == "action_barrier"
