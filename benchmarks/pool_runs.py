@@ -103,7 +103,7 @@ def main(args: Args) -> None:
                       "eval_return_mean": ret.mean(), "eval_return_std": ret.std(),
                       "eval_cost_mean": cost.mean(), "eval_cost_std": cost.std()})
         lines.append(f"| {group} | {len(seeds)} ({', '.join(map(str, seeds))}) | "
-                     f"{v.mean():.0f} ± {v.std():.0f} | {ratio:.2f} | "
+                     f"{v.mean():.0f} ± {v.std():.0f} | {'-' if base is None else f'{ratio:.2f}'} | "
                      f"{ret.mean():.2f} ± {ret.std():.2f} | {cost.mean():.1f} ± {cost.std():.1f} |")
     pairs = paired_rows(groups)
     if pairs:
