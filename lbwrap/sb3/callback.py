@@ -28,8 +28,9 @@ class CoTrainCallback(BaseCallback):
         train_every: env steps (all envs together) between training calls.
         updates_per_train: world-model + barrier updates per training call.
         learning_starts: env steps collected before the first update.
-        pretrain_updates: extra updates in the first training call, made only while the safety
-            model has never been updated (so a resumed run does not repeat them); like Dreamer's
+        pretrain_updates: extra updates in one training call (the first, unless
+            ``pretrain_min_unsafe`` defers them), made only while the safety model has never been
+            updated (so a resumed run does not repeat them); like Dreamer's
             ``pretrain``, they let the barrier pass its readiness gate, and the shield act, sooner.
         pretrain_min_unsafe: when to spend ``pretrain_updates``. ``0``: in the first training
             call. ``k >= 1``: in the first training call at which the replay holds at least ``k``
