@@ -60,6 +60,9 @@ class Args:
     """PixelHazard's egocentric window half-width (world units)."""
     train_steps: int = 6000
     """Random-policy agent steps to train the world model on."""
+    train_episode_len: int = 0
+    """Cut the training episodes after this many agent steps (more layouts, so more goal
+    placements, for the same data); 0: whole episodes (250 agent steps)."""
     heldout_steps: int = 1500
     """Random-policy agent steps scored per layout set."""
     checkpoints: list[int] = field(default_factory=lambda: [300, 750, 1500])
@@ -212,9 +215,10 @@ def main(args: Args) -> None:
                  if v is not None}
     safety = LatentSafetyModel.for_env(env, seed=args.seed, device="cpu",
                                        world_model_overrides=overrides)
-    add_episodes(safety, random_episodes(env, args.train_steps, args.seed))
+    add_episodes(safety, random_episodes(env, args.train_steps, args.seed, args.train_episode_len))
     # "training": the first frames of the training data itself (same seed: same layouts, actions)
-    layout_sets = {"training": random_episodes(env, args.heldout_steps, args.seed),
+    layout_sets = {"training": random_episodes(env, args.heldout_steps, args.seed,
+                                               args.train_episode_len),
                    "held-out": random_episodes(env, args.heldout_steps, 20_000 + args.seed)}
     rows: list[dict[str, Any]] = []
     done, start, examples = 0, time.perf_counter(), []
@@ -237,7 +241,8 @@ def main(args: Args) -> None:
     lines = [(f"# latent goal probe {date.today()}, {machine()}, PixelHazard level {args.level}, "
               f"{args.size}px, view radius {args.view_radius}; world model: CPU preset"
               f"{' with ' + str(overrides) if overrides else ''}, {args.train_steps} random agent "
-              f"steps, seed {args.seed}"), "",
+              f"steps{f' in episodes of {args.train_episode_len}' if args.train_episode_len else ''}, "
+              f"seed {args.seed}"), "",
              ("| updates | layouts | goal in view (frames) | goal colour recall | goal: green "
               "reconstructed / true | hazard in view (frames) | hazard colour recall | hazard: "
               "blue reconstructed / true |"),
