@@ -77,6 +77,8 @@ class Args:
     """World-model free nats (None: the preset's 3)."""
     kl_balance: float | None = None
     """World-model KL balancing (None: plain KL)."""
+    world_model_lr: float | None = None
+    """World-model Adam learning rate (None: lbwrap's 6e-4)."""
     sac_steps: int = 5000
     """Agent steps of SAC on the final, frozen latents (0: skip)."""
     eval_episodes: int = 5
@@ -213,8 +215,9 @@ def main(args: Args) -> None:
                                    ("reward_weight", args.reward_weight),
                                    ("free_nats", args.free_nats), ("kl_balance", args.kl_balance))
                  if v is not None}
+    lr = {} if args.world_model_lr is None else {"world_model_lr": args.world_model_lr}
     safety = LatentSafetyModel.for_env(env, seed=args.seed, device="cpu",
-                                       world_model_overrides=overrides)
+                                       world_model_overrides=overrides, **lr)
     add_episodes(safety, random_episodes(env, args.train_steps, args.seed, args.train_episode_len))
     # "training": the first frames of the training data itself (same seed: same layouts, actions)
     layout_sets = {"training": random_episodes(env, args.heldout_steps, args.seed,
@@ -240,7 +243,7 @@ def main(args: Args) -> None:
     write_csv(args.out / "probe.csv", rows)
     lines = [(f"# latent goal probe {date.today()}, {machine()}, PixelHazard level {args.level}, "
               f"{args.size}px, view radius {args.view_radius}; world model: CPU preset"
-              f"{' with ' + str(overrides) if overrides else ''}, {args.train_steps} random agent "
+              f"{' with ' + str({**overrides, **lr}) if overrides or lr else ''}, {args.train_steps} random agent "
               f"steps{f' in episodes of {args.train_episode_len}' if args.train_episode_len else ''}, "
               f"seed {args.seed}"), "",
              ("| updates | layouts | goal in view (frames) | goal colour recall | goal: green "
