@@ -119,7 +119,7 @@ def score_reconstructions(safety: LatentSafetyModel, episodes: Sequence[dict[str
     reconstructed and true dominant channel) and (frame, reconstruction) pairs with the goal in view.
     """
     wm = safety.world_model
-    was_training = wm.training
+    was_training = safety.training
     safety.eval()
     tracker = LatentTracker(wm, 1)
     hits = dict.fromkeys(CLASSES, 0.0)
