@@ -3,6 +3,8 @@
     python benchmarks/latent_goal_probe.py                        # ~12 min on the 2-core VM
     python benchmarks/latent_goal_probe.py --cost-weight 1 --sac-steps 0 \
         --out benchmarks/results/latent_goal_probe/cost_weight1  # one world-model variant
+    python benchmarks/latent_goal_probe.py --codec autoencoder --sac-steps 0 \
+        --out benchmarks/results/latent_goal_probe/autoencoder   # the image path alone, ~6 min
 
 Why: in the safety benchmark no pixel agent earns PixelHazard's return at CPU budgets, while SAC
 on the true state does (``benchmarks/state_sac_reference.py``). SAC only sees the world model's
@@ -18,6 +20,10 @@ latent features ``[h, z]``; whatever the decoder cannot draw from them, SAC cann
 3. With ``--sac-steps N > 0``: SAC (``reward_scale=10``, ``ent_coef="auto_0.1"``, as in the
    safety benchmark) trains for N agent steps on the latents of the final model, *frozen*, and is
    evaluated on held-out layouts. This isolates the representation: no co-training, no shield.
+4. With ``--codec autoencoder``: steps 1-2 for a plain autoencoder built from the world model's
+   own conv encoder and decoder (no RSSM, no KL, no memory), trained on the same frames with the
+   same loss, images per batch and Adam settings. If it cannot draw the goal either, the image
+   path loses it, not the latent dynamics.
 
 Writes ``<out>/probe.csv`` (one row per checkpoint and layout set), ``<out>/summary.md`` and
 ``<out>/reconstructions.png`` (held-out frames with the goal in view, above their
@@ -27,22 +33,26 @@ reconstructions).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import tyro
 from _report import machine, write_csv, write_markdown
+from torch import nn
 
 import lbwrap
 from lbwrap.envs.pixel_hazard import GOAL_COLOUR, HAZARD_COLOUR
 from lbwrap.eval.barrier_accuracy import add_episodes, random_episodes
 from lbwrap.latent_tracker import LatentTracker
 from lbwrap.safety_model import LatentSafetyModel
+from lbwrap.world_model import WorldModelConfig
+from lbwrap.world_model.networks import ConvDecoder, ConvEncoder
 
 #: How far (in [0, 1] colour units) the class's channel must exceed the others to count.
 COLOUR_MARGIN = 0.15
@@ -79,6 +89,11 @@ class Args:
     """World-model KL balancing (None: plain KL)."""
     world_model_lr: float | None = None
     """World-model Adam learning rate (None: lbwrap's 6e-4)."""
+    codec: Literal["world-model", "autoencoder"] = "world-model"
+    """What is scored: the world model's posterior reconstructions, or a plain autoencoder made
+    of the world model's conv encoder and decoder (no RSSM, no KL), trained with the same loss,
+    batch of images and optimiser settings on the same frames: it tells whether the image path
+    or the latent dynamics lose the goal. Its updates count autoencoder steps."""
     sac_steps: int = 5000
     """Agent steps of SAC on the final, frozen latents (0: skip)."""
     eval_episodes: int = 5
@@ -110,48 +125,104 @@ def colour_recall(reconstruction: np.ndarray, mask: np.ndarray, channel: int) ->
     return float(np.mean(np.all(pix[channel] > others + COLOUR_MARGIN, axis=0)))
 
 
-@torch.no_grad()
-def score_reconstructions(safety: LatentSafetyModel, episodes: Sequence[dict[str, np.ndarray]],
-                          every: int = 5) -> tuple[dict[str, float], list[tuple[np.ndarray, np.ndarray]]]:
-    """Filter ``episodes`` and score every ``every``-th posterior reconstruction per class.
+Pair = tuple[np.ndarray, np.ndarray]
+"""A uint8 CHW frame and its reconstruction (CHW, colour units: 0 black, 1 full)."""
 
-    Returns the scores (frames with the class in view, pixel-weighted colour recall, mean
-    reconstructed and true dominant channel) and (frame, reconstruction) pairs with the goal in view.
-    """
+
+@torch.no_grad()
+def world_model_reconstructions(safety: LatentSafetyModel, episodes: Sequence[dict[str, np.ndarray]],
+                                every: int = 5) -> Iterator[Pair]:
+    """Filter ``episodes`` with the world model; yield every ``every``-th frame and the decoded
+    posterior (what SAC's latent features carry)."""
     wm = safety.world_model
     was_training = safety.training
     safety.eval()
     tracker = LatentTracker(wm, 1)
-    hits = dict.fromkeys(CLASSES, 0.0)
-    pixels = dict.fromkeys(CLASSES, 0)
-    frames = dict.fromkeys(CLASSES, 0)
-    rec_channel = dict.fromkeys(CLASSES, 0.0)
-    true_channel = dict.fromkeys(CLASSES, 0.0)
-    goal_examples: list[tuple[np.ndarray, np.ndarray]] = []
     try:
         for ep in episodes:
             for t in range(len(ep["obs"])):
                 feat = tracker.observe(ep["obs"][t:t + 1], ep["action"][t:t + 1],
                                        ep["is_first"][t:t + 1])
-                if t % every:
-                    continue
-                frame = ep["obs"][t]
-                rec = wm.decode(torch.as_tensor(feat)).cpu().numpy()[0] + 0.5
-                target = wm.preprocess(frame[None]).cpu().numpy()[0] + 0.5
-                for name, mask in class_masks(frame).items():
-                    n = int(mask.sum())
-                    if n == 0:
-                        continue
-                    channel = CLASSES[name][1]
-                    frames[name] += 1
-                    pixels[name] += n
-                    hits[name] += colour_recall(rec, mask, channel) * n
-                    rec_channel[name] += float(rec[channel][mask].sum())
-                    true_channel[name] += float(target[channel][mask].sum())
-                    if name == "goal":
-                        goal_examples.append((frame, np.clip(rec, 0.0, 1.0)))
+                if t % every == 0:
+                    yield ep["obs"][t], wm.decode(torch.as_tensor(feat)).cpu().numpy()[0] + 0.5
     finally:
         safety.train(was_training)
+
+
+class PixelAutoencoder(nn.Module):
+    """The world model's conv encoder and decoder with a plain bottleneck in between: no RSSM,
+    no KL, no memory. ``tanh(Linear(embed))`` of the world model's feature size feeds the
+    decoder, so the image path is the world model's, minus everything that is not an image."""
+
+    def __init__(self, config: WorldModelConfig) -> None:
+        super().__init__()
+        self.encoder = ConvEncoder(config.image_channels, config.cnn_depth, config.image_size,
+                                   config.cnn_activation)
+        self.bottleneck = nn.Linear(self.encoder.output_dim, config.feature_dim)
+        self.decoder = ConvDecoder(config.feature_dim, config.image_channels, config.cnn_depth,
+                                   config.image_size, config.cnn_activation)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Preprocessed images (N, C, H, W) -> reconstructions in the same units."""
+        return self.decoder(torch.tanh(self.bottleneck(self.encoder(image))))
+
+
+def train_autoencoder(ae: PixelAutoencoder, optimiser: torch.optim.Optimizer,
+                      preprocess: Callable[[np.ndarray], torch.Tensor], frames: np.ndarray,
+                      updates: int, batch: int, rng: np.random.Generator) -> float:
+    """``updates`` optimiser steps on ``batch`` frames drawn uniformly from ``frames``, with the
+    world model's loss (squared error summed over pixels) and gradient clip (100); returns the
+    last loss."""
+    loss = torch.tensor(float("nan"))
+    for _ in range(updates):
+        x = preprocess(frames[rng.integers(0, len(frames), batch)])
+        loss = (ae(x) - x).pow(2).sum(dim=(-3, -2, -1)).mean()
+        optimiser.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(ae.parameters(), 100.0)
+        optimiser.step()
+    return float(loss)
+
+
+@torch.no_grad()
+def autoencoder_reconstructions(ae: PixelAutoencoder,
+                                preprocess: Callable[[np.ndarray], torch.Tensor],
+                                episodes: Sequence[dict[str, np.ndarray]],
+                                every: int = 5) -> Iterator[Pair]:
+    """Every ``every``-th frame of ``episodes`` and its autoencoder reconstruction."""
+    for ep in episodes:
+        frames = ep["obs"][::every]
+        recs = ae(preprocess(frames)).cpu().numpy() + 0.5
+        yield from zip(frames, recs)
+
+
+def score_reconstructions(pairs: Iterable[Pair], preprocess: Callable[[np.ndarray], torch.Tensor]
+                          ) -> tuple[dict[str, float], list[Pair]]:
+    """Score (frame, reconstruction) pairs per class.
+
+    Returns the scores (frames with the class in view, pixel-weighted colour recall, mean
+    reconstructed and true dominant channel) and the pairs with the goal in view (clipped).
+    """
+    hits = dict.fromkeys(CLASSES, 0.0)
+    pixels = dict.fromkeys(CLASSES, 0)
+    frames = dict.fromkeys(CLASSES, 0)
+    rec_channel = dict.fromkeys(CLASSES, 0.0)
+    true_channel = dict.fromkeys(CLASSES, 0.0)
+    goal_examples: list[Pair] = []
+    for frame, rec in pairs:
+        target = preprocess(frame[None]).cpu().numpy()[0] + 0.5
+        for name, mask in class_masks(frame).items():
+            n = int(mask.sum())
+            if n == 0:
+                continue
+            channel = CLASSES[name][1]
+            frames[name] += 1
+            pixels[name] += n
+            hits[name] += colour_recall(rec, mask, channel) * n
+            rec_channel[name] += float(rec[channel][mask].sum())
+            true_channel[name] += float(target[channel][mask].sum())
+            if name == "goal":
+                goal_examples.append((frame, np.clip(rec, 0.0, 1.0)))
     scores: dict[str, float] = {}
     for name in CLASSES:
         n = pixels[name] or float("nan")  # no pixel of the class in view: nan, not 0
@@ -218,19 +289,34 @@ def main(args: Args) -> None:
     lr = {} if args.world_model_lr is None else {"world_model_lr": args.world_model_lr}
     safety = LatentSafetyModel.for_env(env, seed=args.seed, device="cpu",
                                        world_model_overrides=overrides, **lr)
-    add_episodes(safety, random_episodes(env, args.train_steps, args.seed, args.train_episode_len))
+    training = random_episodes(env, args.train_steps, args.seed, args.train_episode_len)
     # "training": the first frames of the training data itself (same seed: same layouts, actions)
     layout_sets = {"training": random_episodes(env, args.heldout_steps, args.seed,
                                                args.train_episode_len),
                    "held-out": random_episodes(env, args.heldout_steps, 20_000 + args.seed)}
+    wm = safety.world_model
+    if args.codec == "world-model":
+        add_episodes(safety, training)
+        train = safety.update
+        reconstructions = partial(world_model_reconstructions, safety)
+    else:
+        ae = PixelAutoencoder(wm.config)
+        frames = np.concatenate([ep["obs"] for ep in training])
+        batch = safety.config.batch_size * safety.config.seq_len  # the world model's images
+        rng = np.random.default_rng(args.seed)
+        # the world model's Adam settings (lbwrap.world_model.trainer)
+        optimiser = torch.optim.Adam(ae.parameters(), lr=args.world_model_lr or 6e-4, eps=1e-5)
+        train = partial(train_autoencoder, ae, optimiser, wm.preprocess, frames, batch=batch,
+                        rng=rng)
+        reconstructions = partial(autoencoder_reconstructions, ae, wm.preprocess)
     rows: list[dict[str, Any]] = []
     done, start, examples = 0, time.perf_counter(), []
     for target in sorted(set(args.checkpoints)):
         if target > done:
-            safety.update(target - done)
+            train(target - done)
             done = target
         for layouts, episodes in layout_sets.items():
-            scores, goal_examples = score_reconstructions(safety, episodes)
+            scores, goal_examples = score_reconstructions(reconstructions(episodes), wm.preprocess)
             rows.append({"updates": done, "layouts": layouts, **scores,
                          "wall_s": time.perf_counter() - start})
             print(rows[-1], flush=True)
@@ -238,11 +324,16 @@ def main(args: Args) -> None:
                 examples = goal_examples
     env.close()
     save_examples(args.out / "reconstructions.png", examples)
-    sac = frozen_latent_sac(safety, args) if args.sac_steps > 0 else None
+    sac = None
+    if args.sac_steps > 0 and args.codec == "world-model":
+        sac = frozen_latent_sac(safety, args)
+    elif args.sac_steps > 0:
+        print("--sac-steps: frozen-latent SAC needs --codec world-model; skipped", flush=True)
 
     write_csv(args.out / "probe.csv", rows)
     lines = [(f"# latent goal probe {date.today()}, {machine()}, PixelHazard level {args.level}, "
-              f"{args.size}px, view radius {args.view_radius}; world model: CPU preset"
+              f"{args.size}px, view radius {args.view_radius}; "
+              f"{'world model' if args.codec == 'world-model' else 'plain autoencoder (the world model image path)'}: CPU preset"
               f"{' with ' + str({**overrides, **lr}) if overrides or lr else ''}, {args.train_steps} random agent "
               f"steps{f' in episodes of {args.train_episode_len}' if args.train_episode_len else ''}, "
               f"seed {args.seed}"), "",

@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
 import lbwrap
 from lbwrap.envs.pixel_hazard import FLOOR_COLOUR, GOAL_COLOUR, HAZARD_COLOUR
+from lbwrap.world_model import WorldModel, WorldModelConfig
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "latent_goal_probe.py"
 
@@ -57,10 +60,12 @@ def test_colour_recall_counts_pixels_where_the_class_channel_dominates():
     assert math.isnan(probe.colour_recall(rec, np.zeros((4, 4), bool), channel=1))
 
 
-def test_probe_runs_end_to_end_and_writes_its_report(tmp_path):
+@pytest.mark.parametrize("codec", ["world-model", "autoencoder"])
+def test_probe_runs_end_to_end_and_writes_its_report(tmp_path, codec):
     out = tmp_path / "probe"
     done = subprocess.run([sys.executable, str(SCRIPT), "--train-steps", "200", "--heldout-steps",
-                           "60", "--checkpoints", "1", "2", "--sac-steps", "0", "--out", str(out)],
+                           "60", "--checkpoints", "1", "2", "--sac-steps", "0", "--codec", codec,
+                           "--out", str(out)],
                           check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     with (out / "probe.csv").open() as f:
@@ -72,3 +77,26 @@ def test_probe_runs_end_to_end_and_writes_its_report(tmp_path):
         assert 0.0 <= float(r["hazard_colour_recall"]) <= 1.0
         assert float(r["hazard_true_channel"]) > 0.8  # quantised 230/255
     assert "goal colour recall" in (out / "summary.md").read_text()
+
+
+def test_autoencoder_has_the_world_models_image_path_and_learns_real_frames():
+    probe = load_probe()
+    torch.manual_seed(0)
+    config = WorldModelConfig.cpu()
+    wm = WorldModel(config)
+    ae = probe.PixelAutoencoder(config)
+    # same conv layers as the world model's encoder and decoder, fed by a feature-sized bottleneck
+    assert ae.encoder.output_dim == wm.encoder.output_dim
+    assert ae.bottleneck.out_features == config.feature_dim == ae.decoder.feature_dim
+    env = lbwrap.make_pixel_env("lbwrap/PixelHazard-v0", size=64, level=1)
+    frames = np.stack([env.reset(seed=s)[0] for s in range(4)])
+    env.close()
+    optimiser = torch.optim.Adam(ae.parameters(), lr=2e-3)
+    rng = np.random.default_rng(0)
+    first = probe.train_autoencoder(ae, optimiser, wm.preprocess, frames, 1, 4, rng)
+    last = probe.train_autoencoder(ae, optimiser, wm.preprocess, frames, 60, 4, rng)
+    assert math.isfinite(first) and last < 0.5 * first
+    pairs = list(probe.autoencoder_reconstructions(ae, wm.preprocess, [{"obs": frames}], every=2))
+    assert len(pairs) == 2  # frames 0 and 2
+    assert all(np.array_equal(f, frames[i]) for (f, _), i in zip(pairs, (0, 2), strict=True))
+    assert all(rec.shape == (3, 64, 64) for _, rec in pairs)
