@@ -181,7 +181,7 @@ def train_autoencoder(ae: PixelAutoencoder, optimiser: torch.optim.Optimizer,
         loss.backward()
         nn.utils.clip_grad_norm_(ae.parameters(), 100.0)
         optimiser.step()
-    return float(loss)
+    return float(loss.detach())
 
 
 @torch.no_grad()
@@ -200,8 +200,9 @@ def score_reconstructions(pairs: Iterable[Pair], preprocess: Callable[[np.ndarra
                           ) -> tuple[dict[str, float], list[Pair]]:
     """Score (frame, reconstruction) pairs per class.
 
-    Returns the scores (frames with the class in view, pixel-weighted colour recall, mean
-    reconstructed and true dominant channel) and the pairs with the goal in view (clipped).
+    Returns the scores (frames with the class in view, the class's pixels per scored frame,
+    pixel-weighted colour recall, mean reconstructed and true dominant channel) and the pairs
+    with the goal in view (clipped).
     """
     hits = dict.fromkeys(CLASSES, 0.0)
     pixels = dict.fromkeys(CLASSES, 0)
@@ -209,7 +210,9 @@ def score_reconstructions(pairs: Iterable[Pair], preprocess: Callable[[np.ndarra
     rec_channel = dict.fromkeys(CLASSES, 0.0)
     true_channel = dict.fromkeys(CLASSES, 0.0)
     goal_examples: list[Pair] = []
+    scored = 0
     for frame, rec in pairs:
+        scored += 1
         target = preprocess(frame[None]).cpu().numpy()[0] + 0.5
         for name, mask in class_masks(frame).items():
             n = int(mask.sum())
@@ -227,6 +230,8 @@ def score_reconstructions(pairs: Iterable[Pair], preprocess: Callable[[np.ndarra
     for name in CLASSES:
         n = pixels[name] or float("nan")  # no pixel of the class in view: nan, not 0
         scores[f"{name}_frames"] = frames[name]
+        # the class's weight in the summed squared-error loss is proportional to its pixel count
+        scores[f"{name}_pixels_per_frame"] = pixels[name] / max(scored, 1)
         scores[f"{name}_colour_recall"] = hits[name] / n
         scores[f"{name}_reconstructed_channel"] = rec_channel[name] / n
         scores[f"{name}_true_channel"] = true_channel[name] / n

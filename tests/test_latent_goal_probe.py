@@ -74,6 +74,7 @@ def test_probe_runs_end_to_end_and_writes_its_report(tmp_path, codec):
         ("1", "training"), ("1", "held-out"), ("2", "training"), ("2", "held-out")]
     for r in rows:
         assert int(r["hazard_frames"]) > 0
+        assert float(r["hazard_pixels_per_frame"]) > float(r["goal_pixels_per_frame"]) >= 0.0
         assert 0.0 <= float(r["hazard_colour_recall"]) <= 1.0
         assert float(r["hazard_true_channel"]) > 0.8  # quantised 230/255
     assert "goal colour recall" in (out / "summary.md").read_text()
