@@ -6,7 +6,7 @@
         "shield+penalty=benchmarks/results/safety_pixelhazard_intervention_penalty:shield" ...
 
 Each argument is ``GROUP=FOLDER:MODE``: the rows of ``FOLDER/runs.csv`` whose mode is ``MODE`` go
-into ``GROUP``. A seed may appear once per group (a clash is an error). Ratios are against the
+into ``GROUP``; ``GROUP=FOLDER:MODE@0,1,2`` takes only those seeds (each must be there). A seed may appear once per group (a clash is an error). Ratios are against the
 group named ``none`` when there is one. Every pair of the other groups is also compared seed by
 seed on cumulative violations: in how many shared seeds the first is lower, the mean paired
 difference with its standard error, and the exact two-sided sign-test p-value (ties dropped).
@@ -30,17 +30,26 @@ from _report import write_csv, write_markdown
 @dataclass
 class Args:
     sources: tyro.conf.Positional[list[str]]
-    """``GROUP=FOLDER:MODE`` entries, in the order the groups should be listed."""
+    """``GROUP=FOLDER:MODE`` or ``GROUP=FOLDER:MODE@SEED,SEED,...`` entries, in the order the
+    groups should be listed."""
     out: Path = Path("benchmarks/results/pooled")
     """Output folder."""
 
 
-def parse(entry: str) -> tuple[str, Path, str]:
+def parse(entry: str) -> tuple[str, Path, str, set[str] | None]:
+    """``GROUP=FOLDER:MODE[@SEEDS]`` -> group, folder, mode and the seeds to keep (None: all)."""
     group, sep, rest = entry.partition("=")
     folder, sep2, mode = rest.rpartition(":")
+    mode, at, seed_list = mode.partition("@")
     if not (sep and sep2 and group and folder and mode):
-        raise SystemExit(f"expected GROUP=FOLDER:MODE, got {entry!r}")
-    return group, Path(folder), mode
+        raise SystemExit(f"expected GROUP=FOLDER:MODE or GROUP=FOLDER:MODE@0,1,2, got {entry!r}")
+    seeds = None
+    if at:
+        seeds = {s.strip() for s in seed_list.split(",") if s.strip()}
+        if not seeds or not all(s.isdigit() for s in seeds):
+            raise SystemExit(f"expected comma-separated seeds after '@' in {entry!r}")
+        seeds = {str(int(s)) for s in seeds}
+    return group, Path(folder), mode, seeds
 
 
 def sign_test_p(wins: int, losses: int) -> float:
@@ -74,7 +83,7 @@ def paired_rows(groups: dict[str, list[dict]]) -> list[dict]:
 def main(args: Args) -> None:
     groups: dict[str, list[dict]] = {}
     for entry in args.sources:
-        group, folder, mode = parse(entry)
+        group, folder, mode, keep = parse(entry)
         path = folder / "runs.csv"
         if not path.is_file():
             raise SystemExit(f"no runs.csv in {folder}")
@@ -82,6 +91,11 @@ def main(args: Args) -> None:
             rows = [r for r in csv.DictReader(f) if r["mode"] == mode]
         if not rows:
             raise SystemExit(f"{path} has no runs of mode {mode!r}")
+        if keep is not None:
+            missing = keep - {r["seed"] for r in rows}
+            if missing:
+                raise SystemExit(f"{path} has no {mode!r} runs of seed(s) {sorted(map(int, missing))}")
+            rows = [r for r in rows if r["seed"] in keep]
         seen = {r["seed"] for r in groups.get(group, [])}
         clash = seen & {r["seed"] for r in rows}
         if clash:

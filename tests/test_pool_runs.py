@@ -66,3 +66,17 @@ def test_pairs_groups_seed_by_seed_with_a_sign_test(tmp_path):
     assert float(pair["sign_test_p"]) == 14 / 64  # 2 * P(X <= 1), X ~ Bin(6, 1/2)
     assert float(pair["mean_difference"]) == (5 * -10 + 5 + 0) / 7
     assert "| a vs b | 7 | 5 (second in 1) |" in (tmp_path / "out" / "pooled.md").read_text()
+
+
+def test_keeps_only_the_seeds_named_after_at(tmp_path):
+    runs = tmp_path / "runs"
+    write_runs(runs, [("none", 0, 100), ("none", 1, 300), ("none", 2, 500), ("shield", 1, 30)])
+    done = pool(f"none={runs}:none@0,1", out=tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    with (tmp_path / "out" / "pooled.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["seeds"] == "0 1" and float(row["violations_mean"]) == 200
+    missing = pool(f"shield={runs}:shield@1,2", out=tmp_path / "out2")
+    assert missing.returncode != 0 and "seed(s) [2]" in missing.stderr
+    bad = pool(f"none={runs}:none@x", out=tmp_path / "out3")
+    assert bad.returncode != 0 and "comma-separated seeds" in bad.stderr
