@@ -309,8 +309,8 @@ def main(args: Args) -> None:
         frames = np.concatenate([ep["obs"] for ep in training])
         batch = safety.config.batch_size * safety.config.seq_len  # the world model's images
         rng = np.random.default_rng(args.seed)
-        # the world model's Adam settings (lbwrap.world_model.trainer)
-        optimiser = torch.optim.Adam(ae.parameters(), lr=args.world_model_lr or 6e-4, eps=1e-5)
+        # the world model's Adam settings (its learning rate, and eps as in WorldModelTrainer)
+        optimiser = torch.optim.Adam(ae.parameters(), lr=safety.config.world_model_lr, eps=1e-5)
         train = partial(train_autoencoder, ae, optimiser, wm.preprocess, frames, batch=batch,
                         rng=rng)
         reconstructions = partial(autoencoder_reconstructions, ae, wm.preprocess)
