@@ -283,6 +283,13 @@ def save_examples(path: Path, examples: list[tuple[np.ndarray, np.ndarray]], n: 
 
 
 def main(args: Args) -> None:
+    if args.codec == "autoencoder":
+        unused = [f"--{name.replace('_', '-')}" for name in ("cost_weight", "reward_weight",
+                                                             "free_nats", "kl_balance")
+                  if getattr(args, name) is not None]
+        if unused:
+            raise SystemExit(f"{', '.join(unused)} only change the world model's loss; the "
+                             "autoencoder has no such term. Drop them or use --codec world-model.")
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -101,3 +101,11 @@ def test_autoencoder_has_the_world_models_image_path_and_learns_real_frames():
     assert len(pairs) == 2  # frames 0 and 2
     assert all(np.array_equal(f, frames[i]) for (f, _), i in zip(pairs, (0, 2), strict=True))
     assert all(rec.shape == (3, 64, 64) for _, rec in pairs)
+
+
+def test_autoencoder_refuses_world_model_only_settings():
+    done = subprocess.run([sys.executable, str(SCRIPT), "--codec", "autoencoder", "--free-nats", "10",
+                           "--out", "/nonexistent/never-written"],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "--free-nats only change the world model's loss" in done.stderr
