@@ -627,9 +627,7 @@ def barrier_penalty(
     (the violated discrete-time CBF condition), which falls back to ``margin`` where the
     transition starts an episode.
     """
-    cfg = safety.config.filter_config
-    if cfg.predictor == "action_barrier":  # its eps is on the logit scale; B(z) uses the barrier's
-        cfg = FilterConfig.from_barrier_config(safety.config.barrier)
+    cfg = safety.config.barrier  # B(z)'s own margin, never the shield's (it may be on a logit scale)
     margin = np.maximum(cfg.eps - b_next, 0.0)
     if mode == "margin":
         return margin.astype(np.float32)

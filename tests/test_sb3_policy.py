@@ -102,8 +102,9 @@ def test_barrier_loss_matches_formula_and_only_the_actor_gets_gradients():
     feats = torch.randn(8, FEAT)
     loss, metrics = barrier_actor_loss(safety, actor, feats, horizon=3)
 
-    # the same quantity, written out
-    cfg = safety.config.filter_config
+    # the same quantity, written out, with B's own margin (not the action-barrier shield's 2.0)
+    cfg = safety.config.barrier
+    assert safety.config.filter_config.eps != cfg.eps  # so that the two cannot be confused
     with torch.no_grad():
         state = LatentState(feats[:, :16], feats[:, 16:], feats[:, 16:], torch.ones(8, 4))
         b = safety.barrier.value(state)
@@ -125,6 +126,23 @@ def test_barrier_loss_matches_formula_and_only_the_actor_gets_gradients():
     assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
     assert all(p.grad is None for p in safety.parameters())
     assert all(p.requires_grad for p in safety.parameters())  # unfrozen again
+
+
+def test_barrier_loss_uses_the_barrier_margin_not_the_action_barrier_shields():
+    # B = 1 everywhere: safe by B's margin (0.01) and never decreasing, so the term is zero. With
+    # the action-barrier shield's logit-scale margin (2.0) it would push every step towards B >= 2.
+    safety = tiny_safety(pixel_env())
+    assert safety.config.filter_config.predictor == "action_barrier"
+    assert safety.config.filter_config.eps == 2.0 and safety.config.barrier.eps == 0.01
+    with torch.no_grad():
+        for p in safety.barrier.net[-1].parameters():
+            p.zero_()
+        safety.barrier.net[-1].bias.fill_(1.0)
+    actor = torch.nn.Sequential(torch.nn.Linear(FEAT, 2), torch.nn.Tanh())
+    loss, metrics = barrier_actor_loss(safety, actor, torch.randn(8, FEAT), horizon=3)
+    assert torch.allclose(safety.barrier.value(split_features(torch.randn(4, FEAT), 16)),
+                          torch.ones(4))
+    assert loss.item() == 0.0 and metrics["barrier_decrease_violation"] == 0.0
 
 
 def test_barrier_loss_descends_for_the_actor():

@@ -17,7 +17,9 @@ actor is rolled ``barrier_horizon`` steps through the world model's prior (``img
     barrier_loss = mean_t relu(eps - ((B(z_{t+1}) - B(z_t)) / dt + alpha B(z_{t+1})))
                  + mean_t relu(eps - B(z_{t+1}))
 
-(``eps``, ``dt``, ``alpha`` from ``safety.config.filter_config``, the shield's settings).
+(``eps``, ``dt``, ``alpha`` from ``safety.config.barrier``: the margin B(z) was trained with. The
+shield's margin is not used: with the default action-barrier shield it lives on that network's
+logit scale, not on B's.)
 ``barrier_weight * barrier_loss`` is added to SAC's actor loss only while ``safety.ready``
 (an untrained barrier is noise) or with ``barrier_always=True``. The world model and barrier
 are frozen while the term is built, so the actor step neither updates nor leaves gradients on
@@ -115,7 +117,7 @@ def barrier_actor_loss(
 
     Args:
         safety: supplies the world model (prior ``img_step``), the barrier ``B`` and the
-            condition's ``eps``/``dt``/``alpha`` (``safety.config.filter_config``).
+            condition's ``eps``/``dt``/``alpha`` (``safety.config.barrier``, B's own margin).
         actor: features (N, D + Z) -> squashed actions in [-1, 1], reparameterised (gradients
             must flow from the actions to the actor's parameters).
         features: latent observations ``cat(deter, stoch_mean)`` (N, D + Z).
@@ -142,7 +144,7 @@ def barrier_actor_loss(
             f"features: expected shape (N, {feat_dim}) (deter {deter_dim} + stoch "
             f"{wm.config.stoch_dim}), actual {tuple(features.shape)}"
         )
-    cfg = safety.config.filter_config
+    cfg = safety.config.barrier  # B(z)'s margin; never the shield's (see the module docstring)
     device = safety.device
     low = safety.action_low
     high = safety.action_high
