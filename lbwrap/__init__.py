@@ -26,7 +26,9 @@ _LAZY: dict[str, str] = {
     "as_pixel_env": "lbwrap.envs",
     "PixelCostEnv": "lbwrap.envs",
     "PIXEL_HAZARD_ID": "lbwrap.envs",
+    "PIXEL_HAZARD_RUN_ID": "lbwrap.envs",
     "PixelHazardEnv": "lbwrap.envs.pixel_hazard",
+    "PixelHazardRunEnv": "lbwrap.envs.pixel_hazard_run",
     # core
     "LatentState": "lbwrap.latent_state",
     "WorldModel": "lbwrap.world_model",
