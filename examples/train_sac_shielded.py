@@ -354,7 +354,7 @@ def load_checkpoint(cfg: dict[str, Any], built: Any) -> dict[str, Any]:
         raise RunMismatchError(f"Cannot resume {out_dir}: agent.zip does not fit ({exc})") from exc
     if (out_dir / "sac_replay.pkl").exists():
         agent.load_replay_buffer(out_dir / "sac_replay.pkl")
-    built.agent = agent
+    built.set_agent(agent)
     state = json.loads((out_dir / "run_state.json").read_text())
     for key, value in state.get("cotrain", {}).items():
         setattr(built.cotrain, key, value)

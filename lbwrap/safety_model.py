@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -29,7 +29,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from lbwrap.barrier import BarrierConfig, BarrierNet, BarrierTrainer, FilterConfig, SafeActionFilter
+from lbwrap.barrier import (
+    ActionScorer,
+    BarrierConfig,
+    BarrierNet,
+    BarrierTrainer,
+    FilterConfig,
+    SafeActionFilter,
+)
 from lbwrap.barrier.action_barrier import (
     ActionBarrierConfig,
     ActionBarrierNet,
@@ -573,13 +580,32 @@ class ShieldDecision:
     """(N,) bool: the executed action meets the barrier condition (True when inactive)."""
 
 
+#: ``scorer(observations, candidates) -> scores`` rates candidate actions (m, K, A) at the
+#: observations (m, ...) the agent saw (numpy, as the env returned them); scores (m, K), higher
+#: is better. :func:`lbwrap.sb3.critic_scorer` builds one from an SB3 agent's critic.
+ObservationScorer = Callable[[np.ndarray, torch.Tensor], torch.Tensor]
+
+
+def bind_observations(scorer: ObservationScorer | None, observations: np.ndarray | None
+                      ) -> ActionScorer | None:
+    """The filter's row-indexed scorer for a batch whose agent observations are ``observations``."""
+    if scorer is None:
+        return None
+    if observations is None:
+        raise RuntimeError("the shield has no observation to score candidates with: reset the env first")
+    obs = np.asarray(observations)
+    return lambda rows, cand: scorer(obs[rows.cpu().numpy()], cand)
+
+
 def shield_decision(
-    safety: LatentSafetyModel, state: Any, proposed: np.ndarray, embed: torch.Tensor | None = None
+    safety: LatentSafetyModel, state: Any, proposed: np.ndarray, embed: torch.Tensor | None = None,
+    scorer: ActionScorer | None = None,
 ) -> ShieldDecision:
     """Run the safe-action filter on a batch when ``safety.ready``; pass proposals through (clipped) otherwise.
 
     ``embed``: the encoder embeddings of the current frames (``LatentTracker.embed``), needed by
-    the action-conditioned shield.
+    the action-conditioned shield. ``scorer``: picks a replaced proposal's substitute among the
+    passing candidates (:class:`~lbwrap.barrier.SafeActionFilter`; ``None``: the closest).
     """
     low = safety.action_low.cpu().numpy()
     high = safety.action_high.cpu().numpy()
@@ -596,7 +622,8 @@ def shield_decision(
         with torch.no_grad():
             result = safety.shield_filter(state.to(safety.device),
                                           torch.as_tensor(clipped, device=safety.device),
-                                          embed=None if embed is None else embed.to(safety.device))
+                                          embed=None if embed is None else embed.to(safety.device),
+                                          scorer=scorer)
     finally:
         safety.train(was_training)
     executed = np.clip(result.actions.float().cpu().numpy(), low, high)

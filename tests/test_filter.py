@@ -211,3 +211,35 @@ def test_validation() -> None:
 def test_from_barrier_config() -> None:
     cfg = FilterConfig.from_barrier_config(BarrierConfig(dt=0.1, alpha=2.0, eps=0.05), lookahead=3)
     assert (cfg.dt, cfg.alpha, cfg.eps, cfg.lookahead, cfg.condition) == (0.1, 2.0, 0.05, 3, "cbf")
+
+
+def test_scorer_picks_the_best_rated_passing_candidate_never_a_failing_one() -> None:
+    # At z0 = 0.95 a candidate passes when B(z') = 1 - 0.95 - 0.1 a0 >= eps, i.e. a0 <= 0.4.
+    filt = make("barrier")
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def prefer_large_a1(rows: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+        seen.append((rows.clone(), cand.clone()))
+        return cand[..., 1] + 10.0 * cand[..., 0]  # would love a0 = 1 (which fails)
+
+    state = states(0.0, 0.95)
+    res = filt(state, torch.tensor([[0.5, 0.0], [1.0, 0.0]]), scorer=prefer_large_a1)
+    assert res.intervened.tolist() == [False, True]
+    rows, cand = seen[0]
+    assert rows.tolist() == [1]  # only the replaced row is scored
+    chosen = res.actions[1]
+    assert b_after(0.95, float(chosen[0])) >= EPS - 1e-6  # it passes
+    passing = cand[0][1.0 - (0.95 + 0.1 * cand[0][:, 0]) >= EPS]
+    best = passing[torch.argmax(passing[:, 1] + 10.0 * passing[:, 0])]
+    assert torch.allclose(chosen, best)
+    closest = make("barrier")(state, torch.tensor([[0.5, 0.0], [1.0, 0.0]])).actions[1]
+    assert not torch.allclose(chosen, closest)  # the default rule chooses differently
+
+
+def test_scorer_non_finite_scores_rank_last_and_bad_shapes_are_refused() -> None:
+    state = states(0.95)
+    nan_scores = make("barrier")(state, torch.tensor([[1.0, 0.0]]),
+                                 scorer=lambda rows, cand: torch.full(cand.shape[:2], float("nan")))
+    assert bool(nan_scores.feasible[0]) and b_after(0.95, float(nan_scores.actions[0, 0])) >= EPS - 1e-6
+    with pytest.raises(ValueError, match="scorer: expected scores of shape"):
+        make("barrier")(state, torch.tensor([[1.0, 0.0]]), scorer=lambda rows, cand: cand)

@@ -5,7 +5,7 @@ Pure PyTorch; sees the world model only through :class:`lbwrap.latent_state.Late
 
 from .action_barrier import ActionBarrierConfig, ActionBarrierNet, action_barrier_loss
 from .config import BarrierConfig, BarrierInput, LossForm
-from .filter import FilterConfig, FilterResult, SafeActionFilter
+from .filter import ActionScorer, FilterConfig, FilterResult, SafeActionFilter
 from .losses import (
     CostFn,
     barrier_loss,
@@ -23,6 +23,7 @@ from .trainer import BarrierTrainer
 
 __all__ = [
     "ActionBarrierConfig",
+    "ActionScorer",
     "ActionBarrierNet",
     "BarrierConfig",
     "BarrierInput",

@@ -19,7 +19,7 @@ encoder embedding ``e`` of the current frame (pass ``embed=`` to the call); it n
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,9 +34,12 @@ from .config import BarrierConfig
 from .losses import decrease_lhs
 from .network import BarrierNet
 
-__all__ = ["FilterConfig", "FilterResult", "SafeActionFilter"]
+__all__ = ["ActionScorer", "FilterConfig", "FilterResult", "SafeActionFilter"]
 
 ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
+#: ``scorer(rows, candidates) -> scores``: rows (m,) index the filtered batch, candidates are
+#: (m, K, A) actions, scores (m, K), higher is better (e.g. the agent's critic, Q(s, a)).
+ActionScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -237,12 +240,15 @@ class SafeActionFilter:
 
     @torch.no_grad()
     def __call__(
-        self, state: LatentState, proposed: ArrayLike, embed: torch.Tensor | None = None
+        self, state: LatentState, proposed: ArrayLike, embed: torch.Tensor | None = None,
+        scorer: ActionScorer | None = None,
     ) -> FilterResult:
         """Filter proposals (N, A) at latent states (N, ...); see the module docstring.
 
         ``embed`` (N, E): encoder embeddings of the current frames, required (and only used) with
-        ``predictor="action_barrier"``.
+        ``predictor="action_barrier"``. ``scorer``: how a replaced proposal's substitute is
+        chosen among the passing candidates: the one ``scorer`` rates highest (e.g. the agent's
+        critic: the best safe action for the task); ``None``: the one closest to the proposal.
         """
         ref = state.stoch
         prop = torch.as_tensor(np.asarray(proposed) if not torch.is_tensor(proposed) else proposed)
@@ -266,7 +272,8 @@ class SafeActionFilter:
         rows = torch.nonzero(~ok).squeeze(-1)
         if rows.numel() > 0:
             cand_actions, cand_feasible, cand_b = self._substitute(
-                state[rows], prop[rows], b_now[rows], None if embed is None else embed[rows]
+                state[rows], prop[rows], b_now[rows], None if embed is None else embed[rows],
+                None if scorer is None else lambda cand: scorer(rows, cand),
             )
             if self.config.fallback == "proposal":  # no safe candidate: leave the agent's action
                 cand_actions = torch.where(cand_feasible.unsqueeze(-1), cand_actions, prop[rows])
@@ -300,8 +307,10 @@ class SafeActionFilter:
     def _substitute(
         self, state: LatentState, prop: torch.Tensor, b_now: torch.Tensor,
         embed: torch.Tensor | None,
+        score: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Best candidate per row: closest satisfying one, else the largest worst-case B."""
+        """Best candidate per row: the satisfying one with the highest ``score`` (default: the
+        closest to the proposal), else the largest worst-case B."""
         cand = self.sample_candidates(prop)  # (m, K, A)
         m, k, a = cand.shape
         if embed is None:  # the prior rolls every candidate from a copy of its row's state
@@ -311,10 +320,20 @@ class SafeActionFilter:
         ok, worst, first = self._check(rep, cand.reshape(m * k, a), b_now.repeat_interleave(k),
                                        rep_embed)
         ok, worst, first = ok.view(m, k), worst.view(m, k), first.view(m, k)
-        dist = (cand - prop.unsqueeze(1)).norm(dim=-1)
-        dist = torch.where(ok, dist, torch.full_like(dist, float("inf")))
+        if score is None:
+            preference = -(cand - prop.unsqueeze(1)).norm(dim=-1)
+        else:
+            preference = torch.as_tensor(score(cand)).to(device=cand.device, dtype=cand.dtype)
+            if preference.shape != (m, k):
+                raise ValueError(
+                    f"scorer: expected scores of shape ({m}, {k}) for candidates "
+                    f"{tuple(cand.shape)}, actual {tuple(preference.shape)}"
+                )
+            low = torch.finfo(preference.dtype).min / 2  # non-finite scores rank last, among ok
+            preference = torch.nan_to_num(preference, nan=low, neginf=low, posinf=-low)
+        preference = torch.where(ok, preference, torch.full_like(preference, -float("inf")))
         any_ok = ok.any(dim=1)
         worst = torch.nan_to_num(worst, nan=-float("inf"))
-        choice = torch.where(any_ok, dist.argmin(dim=1), worst.argmax(dim=1))
+        choice = torch.where(any_ok, preference.argmax(dim=1), worst.argmax(dim=1))
         idx = torch.arange(m, device=cand.device)
         return cand[idx, choice], any_ok, first[idx, choice]

@@ -9,7 +9,7 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from lbwrap.safety_model import LatentSafetyModel
+from lbwrap.safety_model import LatentSafetyModel, ObservationScorer
 from lbwrap.wrappers import BarrierShield, LatentObservation
 
 __all__ = ["EVAL_SEED_OFFSET", "EvalResult", "evaluate_agent"]
@@ -46,17 +46,19 @@ def evaluate_agent(
     shield: bool = False,
     seed_offset: int = EVAL_SEED_OFFSET,
     deterministic: bool = True,
+    action_scorer: ObservationScorer | None = None,
 ) -> EvalResult:
     """Run ``episodes`` deterministic episodes, each on its own layout (reset seed offset + k).
 
-    The env is wrapped like training (latent observation, and the shield when ``shield``), with
-    the same live safety model; nothing is learned during evaluation.
+    The env is wrapped like training (latent observation, and the shield when ``shield``, with
+    ``action_scorer`` choosing substitutes as in training), with the same live safety model;
+    nothing is learned during evaluation.
     """
     result = EvalResult()
     for k in range(episodes):
         env: gym.Env = LatentObservation(make_env(), safety)
         if shield:
-            env = BarrierShield(env, safety)
+            env = BarrierShield(env, safety, action_scorer=action_scorer)
         obs, _ = env.reset(seed=seed_offset + k)
         ret = cost = 0.0
         viol = interventions = 0

@@ -5,6 +5,7 @@ Everything that imports ``stable_baselines3`` lives here; lower layers never imp
 """
 
 from lbwrap.sb3.callback import CoTrainCallback
+from lbwrap.sb3.critic_scorer import critic_scorer
 from lbwrap.sb3.executed_actions import ExecutedActionRelabel
 from lbwrap.sb3.lagrangian import (
     LagrangianLoggerCallback,
@@ -34,6 +35,7 @@ __all__ = [
     "VecLatentObservation",
     "VecRewardScale",
     "barrier_actor_loss",
+    "critic_scorer",
     "find_vec_lagrangian",
     "find_vec_latent",
 ]

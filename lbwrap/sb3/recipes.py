@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 from stable_baselines3 import SAC
@@ -25,8 +25,9 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
-from lbwrap.safety_model import LatentSafetyModel
+from lbwrap.safety_model import LatentSafetyModel, ObservationScorer
 from lbwrap.sb3.callback import CoTrainCallback
+from lbwrap.sb3.critic_scorer import critic_scorer
 from lbwrap.sb3.executed_actions import ExecutedActionRelabel
 from lbwrap.sb3.lagrangian import LagrangianLoggerCallback, VecLagrangianPenalty
 from lbwrap.sb3.policy import BarrierSAC
@@ -36,6 +37,7 @@ from lbwrap.sb3.vec_wrappers import (
     VecBarrierShield,
     VecLatentObservation,
     VecRewardScale,
+    find_vec_shield,
 )
 
 __all__ = ["MODES", "SHIELD_MODES", "AgentRecipe", "SafeAgent", "build_safe_agent"]
@@ -67,6 +69,10 @@ class AgentRecipe:
     intervention_penalty: float = 0.0
     """Reward (env units) subtracted when the shield replaces the agent's action (shield modes):
     teaches the agent to stop proposing what the shield blocks."""
+    shield_selection: Literal["closest", "critic"] = "closest"
+    """How the shield picks a replaced action's substitute among the passing candidates:
+    ``"closest"`` to the proposal, or the one the agent's ``"critic"`` rates highest
+    (:func:`~lbwrap.sb3.critic_scorer`)."""
     cost_limit: float = 25.0
     lambda_lr: float = 0.05
     barrier_weight: float = 1.0
@@ -86,6 +92,10 @@ class AgentRecipe:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if not self.reward_scale > 0:
             raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
+        if self.shield_selection not in ("closest", "critic"):
+            raise ValueError(
+                f"shield_selection must be 'closest' or 'critic', got {self.shield_selection!r}"
+            )
         if self.refresh_every < 0:
             raise ValueError(f"refresh_every must be >= 0 (0: off), got {self.refresh_every}")
 
@@ -99,9 +109,28 @@ class SafeAgent:
     safety: LatentSafetyModel
     cotrain: CoTrainCallback
     callbacks: list[BaseCallback]
+    recipe: AgentRecipe = field(default_factory=AgentRecipe)
 
     def callback(self, *extra: BaseCallback) -> CallbackList:
         return CallbackList([*self.callbacks, *extra])
+
+    @property
+    def action_scorer(self) -> ObservationScorer | None:
+        """The shield's substitute scorer (pass it to evaluation to shield as in training)."""
+        shield = find_vec_shield(self.env)
+        return None if shield is None else shield.action_scorer
+
+    def set_agent(self, agent: BaseAlgorithm) -> None:
+        """Replace the agent (e.g. by one loaded from a checkpoint) and re-bind the shield's
+        critic scorer to it."""
+        self.agent = agent
+        _bind_scorer(self.env, agent, self.recipe)
+
+
+def _bind_scorer(stack: VecEnv, agent: BaseAlgorithm, recipe: AgentRecipe) -> None:
+    shield = find_vec_shield(stack)
+    if shield is not None and recipe.shield_selection == "critic":
+        shield.action_scorer = critic_scorer(agent)
 
 
 def build_safe_agent(
@@ -136,6 +165,7 @@ def build_safe_agent(
                                           barrier_horizon=recipe.barrier_horizon, **common)
     else:
         agent = SAC("MlpPolicy", stack, **common)
+    _bind_scorer(stack, agent, recipe)
     cotrain = CoTrainCallback(safety, train_every=recipe.train_every,
                               updates_per_train=recipe.updates_per_train,
                               learning_starts=recipe.model_learning_starts,
@@ -148,4 +178,5 @@ def build_safe_agent(
         callbacks.append(LagrangianLoggerCallback())
     if recipe.learn_from_executed:
         callbacks.append(ExecutedActionRelabel())
-    return SafeAgent(agent=agent, env=stack, safety=safety, cotrain=cotrain, callbacks=callbacks)
+    return SafeAgent(agent=agent, env=stack, safety=safety, cotrain=cotrain, callbacks=callbacks,
+                     recipe=recipe)

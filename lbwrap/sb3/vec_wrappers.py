@@ -16,10 +16,18 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from lbwrap.latent_state import LatentState
 from lbwrap.latent_tracker import LatentTracker
-from lbwrap.safety_model import LatentSafetyModel, barrier_penalty, barrier_values, shield_decision
+from lbwrap.safety_model import (
+    LatentSafetyModel,
+    ObservationScorer,
+    barrier_penalty,
+    barrier_values,
+    bind_observations,
+    shield_decision,
+)
 
 __all__ = [
-    "VecBarrierPenalty", "VecBarrierShield", "VecLatentObservation", "VecRewardScale", "find_vec_latent",
+    "VecBarrierPenalty", "VecBarrierShield", "VecLatentObservation", "VecRewardScale",
+    "find_vec_latent", "find_vec_shield",
 ]
 
 
@@ -112,9 +120,15 @@ def find_vec_latent(venv: VecEnv) -> VecLatentObservation:
 
 
 class VecBarrierShield(VecEnvWrapper):
-    """Batched :class:`lbwrap.wrappers.BarrierShield` (same info keys, same readiness gate)."""
+    """Batched :class:`lbwrap.wrappers.BarrierShield` (same info keys, same readiness gate).
 
-    def __init__(self, venv: VecEnv, safety: LatentSafetyModel, intervention_penalty: float = 0.0) -> None:
+    ``action_scorer`` (settable later, e.g. to :func:`lbwrap.sb3.critic_scorer` of the agent that
+    acts on this env): how a replaced action's substitute is chosen among the passing candidates;
+    ``None``: the closest to the proposal.
+    """
+
+    def __init__(self, venv: VecEnv, safety: LatentSafetyModel, intervention_penalty: float = 0.0,
+                 action_scorer: ObservationScorer | None = None) -> None:
         self.latent = find_vec_latent(venv)
         if self.latent.safety is not safety:
             raise ValueError("VecBarrierShield and its VecLatentObservation must share one LatentSafetyModel.")
@@ -123,20 +137,25 @@ class VecBarrierShield(VecEnvWrapper):
         super().__init__(venv)
         self.safety = safety
         self.intervention_penalty = float(intervention_penalty)
+        self.action_scorer = action_scorer
         self._decision = None
         self._proposed: np.ndarray | None = None
+        self._obs: np.ndarray | None = None
 
     def reset(self) -> np.ndarray:
-        return self.venv.reset()
+        self._obs = self.venv.reset()
+        return self._obs
 
     def step_async(self, actions: np.ndarray) -> None:
         self._proposed = np.asarray(actions, np.float32).reshape(self.num_envs, -1)
         self._decision = shield_decision(self.safety, self.latent.latent_state, self._proposed,
-                                         embed=self.latent.latent_embed)
+                                         embed=self.latent.latent_embed,
+                                         scorer=bind_observations(self.action_scorer, self._obs))
         self.venv.step_async(self._decision.executed)
 
     def step_wait(self):
         obs, rewards, dones, infos = self.venv.step_wait()
+        self._obs = obs
         d = self._decision
         assert d is not None and self._proposed is not None
         rewards = np.asarray(rewards, np.float32).copy()
@@ -152,6 +171,17 @@ class VecBarrierShield(VecEnvWrapper):
                 info.setdefault("env_reward", float(rewards[i]))
                 rewards[i] -= self.intervention_penalty
         return obs, rewards, dones, infos
+
+
+def find_vec_shield(venv: VecEnv) -> VecBarrierShield | None:
+    """The :class:`VecBarrierShield` inside ``venv`` (or ``venv`` itself), ``None`` if there is none."""
+    current = venv
+    while True:
+        if isinstance(current, VecBarrierShield):
+            return current
+        if not isinstance(current, VecEnvWrapper):
+            return None
+        current = current.venv
 
 
 class VecBarrierPenalty(VecEnvWrapper):

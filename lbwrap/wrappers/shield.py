@@ -7,7 +7,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from lbwrap.safety_model import LatentSafetyModel, shield_decision
+from lbwrap.safety_model import (
+    LatentSafetyModel,
+    ObservationScorer,
+    bind_observations,
+    shield_decision,
+)
 from lbwrap.wrappers.latent import find_latent_observation
 
 __all__ = ["BarrierShield"]
@@ -25,10 +30,14 @@ class BarrierShield(gym.Wrapper):
     ``info`` gets ``shield_active``, ``shield_intervened``, ``proposed_action``,
     ``executed_action``, ``barrier_now``, ``barrier_next_proposed``, ``barrier_next_executed``.
     ``intervention_penalty > 0`` subtracts that amount from the reward of every step in which the
-    shield intervened (``info["env_reward"]`` keeps the env's own reward).
+    shield intervened (``info["env_reward"]`` keeps the env's own reward). ``action_scorer``
+    (settable later): picks the substitute among the passing candidates, e.g.
+    :func:`lbwrap.sb3.critic_scorer` of the acting agent (the best safe action by its critic);
+    ``None``: the closest to the proposal.
     """
 
-    def __init__(self, env: gym.Env, safety: LatentSafetyModel, intervention_penalty: float = 0.0) -> None:
+    def __init__(self, env: gym.Env, safety: LatentSafetyModel, intervention_penalty: float = 0.0,
+                 action_scorer: ObservationScorer | None = None) -> None:
         super().__init__(env)
         self.latent = find_latent_observation(env)
         if self.latent.safety is not safety:
@@ -39,6 +48,13 @@ class BarrierShield(gym.Wrapper):
             raise ValueError(f"intervention_penalty must be >= 0, got {intervention_penalty}")
         self.safety = safety
         self.intervention_penalty = float(intervention_penalty)
+        self.action_scorer = action_scorer
+        self._obs: Any = None
+
+    def reset(self, **kwargs: Any):
+        obs, info = self.env.reset(**kwargs)
+        self._obs = obs
+        return obs, info
 
     @property
     def spec(self) -> None:  # type: ignore[override]
@@ -47,10 +63,13 @@ class BarrierShield(gym.Wrapper):
 
     def step(self, action: Any):
         proposed = np.asarray(action, dtype=np.float32).reshape(1, -1)
+        observations = None if self._obs is None else np.asarray(self._obs)[None]
         decision = shield_decision(self.safety, self.latent.latent_state, proposed,
-                                   embed=self.latent.latent_embed)
+                                   embed=self.latent.latent_embed,
+                                   scorer=bind_observations(self.action_scorer, observations))
         executed = decision.executed[0]
         obs, reward, terminated, truncated, info = self.env.step(executed)
+        self._obs = obs
         info = dict(info)
         intervened = bool(decision.intervened[0])
         info.update(
