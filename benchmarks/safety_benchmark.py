@@ -79,6 +79,9 @@ class Args:
     on while the accuracies stay at or above this; None (default): closes below 0.8."""
     learn_from_executed: bool = False
     """SAC stores the shield's executed action instead of its proposal (ExecutedActionRelabel)."""
+    shield_selection: str = "closest"
+    """How the shield picks a substitute among passing actions: closest to the proposal, or the
+    best by the agent's critic ("critic")."""
     eval_episodes: int = 3
     """Deterministic evaluation episodes (each on its own held-out layout)."""
     max_episode_steps: int = 500
@@ -94,7 +97,7 @@ def make_env_fn(args: Args, seed: int):
         import lbwrap
 
         kwargs = {}
-        if args.env_id == lbwrap.PIXEL_HAZARD_ID:
+        if args.env_id in (lbwrap.PIXEL_HAZARD_ID, lbwrap.PIXEL_HAZARD_RUN_ID):
             kwargs = {"level": args.level, "max_episode_steps": args.max_episode_steps,
                       "view_radius": args.view_radius}
         return lbwrap.make_pixel_env(args.env_id, size=args.size, action_repeat=args.action_repeat,
@@ -123,6 +126,7 @@ def run_one(job: tuple[Args, str, int]) -> dict:
         refresh_every=args.refresh_every,
         learn_from_executed=args.learn_from_executed,
         intervention_penalty=args.intervention_penalty,
+        shield_selection=args.shield_selection,
         reward_scale=args.reward_scale,
         sac_kwargs={"learning_starts": args.learning_starts, "buffer_size": 200_000,
                     "ent_coef": args.ent_coef},
@@ -151,7 +155,8 @@ def run_one(job: tuple[Args, str, int]) -> dict:
     train_s = time.perf_counter() - start
     shield = mode in SHIELD_MODES
     ev = evaluate_agent(built.agent, make_env_fn(args, seed), built.safety,
-                        episodes=args.eval_episodes, shield=shield).summary()
+                        episodes=args.eval_episodes, shield=shield,
+                        action_scorer=built.action_scorer).summary()
     cot = built.cotrain
     refresher = next((c for c in built.callbacks if isinstance(c, LatentRefresher)), None)
     returns = [ep["r"] for ep in built.agent.ep_info_buffer] if built.agent.ep_info_buffer else []
