@@ -12,11 +12,8 @@ Writes ``<out>/runs.csv`` (one row per run), ``<out>/curves.csv`` and ``<out>/vi
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import multiprocessing as mp
-import os
-import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import date
@@ -24,6 +21,22 @@ from pathlib import Path
 
 import numpy as np
 import tyro
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the helpers beside this script
+from _aggregate import (
+    SAFE_RATE_THRESHOLD,
+    SAFE_RATE_WINDOW,
+    markdown_table,
+    paired_lines,
+    plot_curves,
+    plot_tradeoff,
+    run_metrics,
+    summarise_groups,
+)
+from _grid import run_grid
+from _report import machine, write_csv, write_markdown
+
+from lbwrap.sb3.recipes import MODES
 
 
 @dataclass
@@ -82,26 +95,38 @@ class Args:
     shield_selection: str = "closest"
     """How the shield picks a substitute among passing actions: closest to the proposal, or the
     best by the agent's critic ("critic")."""
+    shield_eps: float | None = None
+    """Margin of the action-barrier shield on its logit scale (a proposal passes when
+    ``B_next >= shield_eps``); None: the library's default (``ACTION_BARRIER_EPS``)."""
     eval_episodes: int = 3
     """Deterministic evaluation episodes (each on its own held-out layout)."""
     max_episode_steps: int = 500
     """PixelHazard episode length in env steps."""
-    workers: int = 2
-    """Runs in parallel (one process each, one torch thread each)."""
+    parallel: int = 2
+    """Runs in parallel on the local Ray cluster (one CPU and one torch thread each)."""
+    address: str | None = None
+    """A running Ray cluster to use ("auto", "ray://host:10001"); None: start a local one."""
+    safe_threshold: float = SAFE_RATE_THRESHOLD
+    """Rolling violation rate (per env step) that counts as safe for "env steps to safe"."""
+    safe_window: int = SAFE_RATE_WINDOW
+    """Window of that rolling rate, env steps."""
     out: Path = Path("benchmarks/results/safety_pixelhazard")
     """Output folder."""
 
 
 def make_env_fn(args: Args, seed: int):
     def make():
+        from stable_baselines3.common.monitor import Monitor
+
         import lbwrap
 
         kwargs = {}
         if args.env_id in (lbwrap.PIXEL_HAZARD_ID, lbwrap.PIXEL_HAZARD_RUN_ID):
             kwargs = {"level": args.level, "max_episode_steps": args.max_episode_steps,
                       "view_radius": args.view_radius}
-        return lbwrap.make_pixel_env(args.env_id, size=args.size, action_repeat=args.action_repeat,
-                                     **kwargs)
+        # Monitor: the env's own episode return (before reward scaling and penalties)
+        return Monitor(lbwrap.make_pixel_env(args.env_id, size=args.size,
+                                             action_repeat=args.action_repeat, **kwargs))
     return make
 
 
@@ -114,7 +139,7 @@ def run_one(job: tuple[Args, str, int]) -> dict:
     torch.set_num_threads(1)
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from lbwrap.barrier import ActionBarrierConfig
+    from lbwrap.barrier import ActionBarrierConfig, FilterConfig
     from lbwrap.eval import evaluate_agent
     from lbwrap.sb3 import LatentRefresher
     from lbwrap.sb3.recipes import SHIELD_MODES, AgentRecipe, build_safe_agent
@@ -131,11 +156,15 @@ def run_one(job: tuple[Args, str, int]) -> dict:
         sac_kwargs={"learning_starts": args.learning_starts, "buffer_size": 200_000,
                     "ent_coef": args.ent_coef},
     )
+    safety_kwargs = {"action_barrier": ActionBarrierConfig(horizon=args.label_horizon),
+                     "ready_release_accuracy": args.ready_release_accuracy}
+    if args.shield_eps is not None:
+        safety_kwargs["filter"] = FilterConfig(condition="barrier", eps=args.shield_eps,
+                                               predictor="action_barrier")
     built = build_safe_agent([make_env_fn(args, seed)], recipe, seed=seed, device="cpu",
-                             safety_kwargs={"action_barrier":
-                                            ActionBarrierConfig(horizon=args.label_horizon),
-                                            "ready_release_accuracy": args.ready_release_accuracy})
+                             safety_kwargs=safety_kwargs)
     curve: list[tuple[int, int, float, float]] = []
+    episodes: list[tuple[int, float]] = []  # (env step at the end, env return) of each episode
     warmup: dict[str, int] = {}
 
     class Recorder(BaseCallback):
@@ -144,6 +173,9 @@ def run_one(job: tuple[Args, str, int]) -> dict:
             cot = built.cotrain
             if t == args.learning_starts:
                 warmup["violations"] = cot.cumulative_violations
+            for info in self.locals.get("infos", []):
+                if "episode" in info:
+                    episodes.append((t * args.action_repeat, float(info["episode"]["r"])))
             if t % 100 == 0:
                 rate = cot.interventions / max(cot.shielded_steps, 1)
                 curve.append((t * args.action_repeat, cot.cumulative_violations,
@@ -187,64 +219,26 @@ def run_one(job: tuple[Args, str, int]) -> dict:
         "refresh_last_mean_abs_change": (refresher.last_metrics.get("mean_abs_change", 0.0)
                                          if refresher else 0.0),
         "train_wall_s": train_s, "last_train_returns": float(np.mean(returns)) if returns else float("nan"),
-        "curve": curve,
+        "curve": [list(point) for point in curve], "episodes": [list(e) for e in episodes],
     }
 
 
-def summarise(rows: list[dict], args: Args) -> str:
-    lines = [("| mode | cum. violations (warm-up) | ratio vs none | eval return | eval cost | "
-             "shield active steps | barrier ready | wall s |"), "|---|---|---|---|---|---|---|---|"]
-    by_mode: dict[str, list[dict]] = {}
-    for r in rows:
-        by_mode.setdefault(r["mode"], []).append(r)
-    base = np.mean([r["cum_violations"] for r in by_mode.get("none", [])]) if "none" in by_mode else None
-    for mode in args.modes:
-        rs = by_mode.get(mode, [])
-        if not rs:
-            continue
-        v = np.array([r["cum_violations"] for r in rs], float)
-        w = np.array([r["warmup_violations"] for r in rs], float)
-        ratio = f"{v.mean() / base:.2f}" if base else "-"
-        er = np.array([r["eval_return"] for r in rs])
-        ec = np.array([r["eval_cost"] for r in rs])
-        lines.append(
-            f"| {mode} | {v.mean():.0f} ± {v.std():.0f} ({w.mean():.0f}) | {ratio} | "
-            f"{er.mean():.2f} ± {er.std():.2f} | {ec.mean():.1f} ± {ec.std():.1f} | "
-            f"{np.mean([r['shield_active_steps'] for r in rs]):.0f} | "
-            f"{np.mean([r['barrier_ready'] for r in rs]):.2f} | "
-            f"{np.mean([r['train_wall_s'] for r in rs]):.0f} |"
-        )
-    return "\n".join(lines)
+def settings_of(job: tuple[Args, str, int]) -> dict:
+    """What identifies a run: every setting that changes its result (not out / parallel / ...)."""
+    args, mode, seed = job
+    skip = {"out", "parallel", "address", "modes", "seeds", "safe_threshold", "safe_window"}
+    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()
+              if k not in skip}
+    return {**values, "mode": mode, "seed": seed}
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for mode in dict.fromkeys(r["mode"] for r in rows):
-        curves = [np.array(r["curve"]) for r in rows if r["mode"] == mode and r["curve"]]
-        n = min(len(c) for c in curves)
-        steps = curves[0][:n, 0]
-        vals = np.stack([c[:n, 1] for c in curves])
-        ax.plot(steps, vals.mean(0), label=mode)
-        ax.fill_between(steps, vals.min(0), vals.max(0), alpha=0.2)
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("cumulative violating env steps")
-    ax.set_title("training violations (band: min-max over seeds)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
-def report_progress(path: Path, row: dict, done: int, total: int, elapsed_s: float) -> None:
+def report_progress(path: Path, name: str, row: dict, done: int, total: int,
+                    elapsed_s: float) -> None:
     """Print and append (to ``path``) the headline numbers of one finished run."""
     keys = ("mode", "seed", "cum_violations", "eval_return", "eval_cost", "shield_active_steps",
             "train_wall_s")
     values = {k: row[k] for k in keys}
-    print(f"[{done}/{total}, {elapsed_s / 60:.1f} min] {values}", flush=True)
+    print(f"[{done}/{total}, {elapsed_s / 60:.1f} min] {name} {values}", flush=True)
     new_file = not path.exists()
     with open(path, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(keys))
@@ -253,49 +247,63 @@ def report_progress(path: Path, row: dict, done: int, total: int, elapsed_s: flo
         writer.writerow(values)
 
 
-def main(args: Args) -> None:
-    args.out.mkdir(parents=True, exist_ok=True)
-    jobs = [(args, mode, seed) for mode in args.modes for seed in args.seeds]
-    start = time.perf_counter()
-    progress = args.out / "progress.csv"  # one line per finished run, to watch a long benchmark
-    progress.unlink(missing_ok=True)
-    rows = []
-    with contextlib.ExitStack() as stack:
-        if args.workers > 1:
-            pool = stack.enter_context(mp.get_context("spawn").Pool(args.workers))
-            finished = pool.imap_unordered(run_one, jobs, chunksize=1)
-        else:
-            finished = map(run_one, jobs)
-        for row in finished:
-            rows.append(row)
-            report_progress(progress, row, len(rows), len(jobs), time.perf_counter() - start)
-    order = {(mode, seed): i for i, (_, mode, seed) in enumerate(jobs)}
-    rows.sort(key=lambda r: order[(r["mode"], r["seed"])])
-    wall = time.perf_counter() - start
-    machine = f"{platform.node()} ({os.cpu_count()} cores)"
-    header = (f"# safety benchmark {date.today()}, {machine}, {args.env_id} level {args.level}, "
+def write_outputs(args: Args, results: dict[str, dict], wall_s: float) -> None:
+    """Table (rliable IQM + 95 % CIs), paired comparisons, CSVs and plots of a finished grid."""
+    groups: dict[str, list[dict]] = {}
+    for mode in args.modes:
+        runs = [results[f"{mode}-seed{s}"] for s in args.seeds if f"{mode}-seed{s}" in results]
+        if runs:
+            groups[mode] = runs
+    rows = summarise_groups(groups, args.safe_threshold, args.safe_window)
+    header = (f"# safety benchmark {date.today()}, {machine()}, {args.env_id} level {args.level}, "
               f"{args.size}px, {args.agent_steps * args.action_repeat} env steps/run, "
-              f"{len(args.seeds)} seeds, latent refresh every "
-              f"{args.refresh_every or 'off'} agent steps, learn from executed actions "
-              f"{args.learn_from_executed}, {wall / 60:.1f} min total")
-    table = summarise(rows, args)
-    print(header)
-    print(table)
-    with open(args.out / "runs.csv", "w", newline="") as f:
-        keys = [k for k in rows[0] if k != "curve"]
-        writer = csv.DictWriter(f, fieldnames=["date", *keys])
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({"date": date.today(), **{k: r[k] for k in keys}})
+              f"{len(args.seeds)} seeds, shield selection {args.shield_selection}, intervention "
+              f"penalty {args.intervention_penalty}, {wall_s / 60:.1f} min this invocation")
+    lines = [header, "", "IQM [95 % stratified-bootstrap CI] over seeds (rliable).", "",
+             *markdown_table(rows, args.safe_threshold, args.safe_window)]
+    for reference in ("lagrangian", "none"):
+        paired = paired_lines(groups, reference)
+        if paired:
+            lines += ["", (f"Probability of fewer training violations than {reference} "
+                      "(rliable; 'better' when the interval lies above 0.5):"), "", *paired]
+    lines += ["", "args: " + str({k: (str(v) if isinstance(v, Path) else v)
+                                  for k, v in asdict(args).items()})]
+    write_markdown(args.out / "summary.md", lines)
+    write_csv(args.out / "summary.csv", rows)
+    per_run = []
+    for runs in groups.values():
+        for r in runs:
+            flat = {k: v for k, v in r.items() if k not in ("curve", "episodes")}
+            per_run.append({**flat, **run_metrics(r, args.safe_threshold, args.safe_window)})
+    write_csv(args.out / "runs.csv", per_run)
     with open(args.out / "curves.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["mode", "seed", "env_steps", "cum_violations", "barrier_ready", "intervention_rate"])
-        for r in rows:
-            for point in r["curve"]:
-                writer.writerow([r["mode"], r["seed"], *point])
-    (args.out / "summary.md").write_text(header + "\n\n" + table + "\n\nargs: " + str(
-        {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()}) + "\n")
-    plot(rows, args.out / "violations.png")
+        writer.writerow(["mode", "seed", "env_steps", "cum_violations", "barrier_ready",
+                         "intervention_rate"])
+        for runs in groups.values():
+            for r in runs:
+                for point in r["curve"]:
+                    writer.writerow([r["mode"], r["seed"], *point])
+    title = f"{args.env_id} level {args.level}, {args.agent_steps * args.action_repeat} env steps"
+    plot_curves(groups, args.out / "violations.png", title)
+    plot_tradeoff(rows, args.out / "tradeoff.png", title)
+
+
+def main(args: Args) -> None:
+    args.out.mkdir(parents=True, exist_ok=True)
+    unknown = sorted(set(args.modes) - set(MODES))
+    if unknown:
+        raise SystemExit(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
+    jobs = [(f"{mode}-seed{seed}", (args, mode, seed)) for mode in args.modes for seed in args.seeds]
+    start = time.perf_counter()
+    progress = args.out / "progress.csv"  # one line per finished run, to watch a long benchmark
+
+    def on_result(name: str, row: dict, done: int, total: int) -> None:
+        report_progress(progress, name, row, done, total, time.perf_counter() - start)
+
+    results = run_grid(jobs, run_one, args.out, settings_of, address=args.address,
+                       parallel=args.parallel, on_result=on_result)
+    write_outputs(args, results, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ fi
 "$PY" -m pip install -q "$TORCH_REQ"
 
 # lbwrap itself (editable) with its dependencies (they include safety-gymnasium's real needs)
-# and the dev extra.
-"$PY" -m pip install -q -e ".[dev]"
+# and the dev, bench (Ray, rliable) and docs (MkDocs) extras.
+"$PY" -m pip install -q -e ".[dev,bench,docs]"
 
 # safety-gymnasium and gymnasium-robotics without their impossible pins (see above). pip's
 # resolver would otherwise report the pins it cannot meet; they are known and harmless here.
