@@ -10,8 +10,8 @@ random-policy PixelHazard data (level 2, 64x64): paper sizes at B=32/L=50 and B=
 median of ``timing_iters`` timed updates. From these: seconds of model training per *env* step
 at ``CoTrainCallback``'s default ratio (``updates_per_train`` updates every ``train_every`` env
 steps) versus the authors' schedule (1000 iterations per 500 agent steps = 1 iteration per env
-step under action repeat 2, at the measured 13.0 s per iteration, ANCHORS.md). Their iteration
-also includes 1568 x 29 imagined steps, actor and value updates; ours is world model + barrier
+step under action repeat 2, at 13.0 s per iteration, measured by timing the authors' training
+loop on this CPU). Their iteration also includes 1568 x 29 imagined steps, actor and value updates; ours is world model + barrier
 (with its own 256 x 15 imagined steps): both are "everything the safety/model side trains per
 env step", which is what a user pays.
 
@@ -103,7 +103,7 @@ class Args:
     per_step_config: str = "cpu:16:32"
     """Config whose timing gives lbwrap's headline per-env-step cost."""
     authors_s_per_iteration: float = 13.0
-    """Authors' seconds per training iteration on this CPU (ANCHORS.md, B=32, L=50)."""
+    """Authors' seconds per training iteration on this CPU (B=32, L=50)."""
     authors_iterations_per_env_step: float = 1.0
     """Authors' schedule: 1000 iterations per 500 agent steps, action repeat 2."""
     # ---------------------------------------------------------------- part B: learning

@@ -1,4 +1,4 @@
-"""``BarrierSAC``: SAC whose actor objective carries the latent barrier term (METHOD.md §3).
+"""``BarrierSAC``: SAC whose actor objective carries the paper's latent barrier term.
 
 The paper trains a Dreamer actor with ``actor loss = -(returns) + eta * barrier loss``. Here the
 agent is Stable-Baselines3's SAC and the barrier term is added to SAC's own actor loss::
@@ -580,7 +580,7 @@ class BarrierSAC(SAC):
             actor_loss = (ent_coef * log_prob - min_qf_pi).mean()
             actor_losses.append(actor_loss.item())
 
-            # lbwrap: the barrier term (METHOD.md §3), through the current actor's actions
+            # lbwrap: the barrier term (eta * barrier loss), through the current actor's actions
             if barrier_active:
                 assert self.safety is not None
                 b_loss, b_metrics = barrier_actor_loss(
