@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run demo test test-all bench clean
+.PHONY: setup run demo test test-all bench docs clean
 
 setup: $(VENV)/.lbwrap-installed
 
@@ -28,6 +28,10 @@ test-all: setup
 
 bench: setup
 	$(PY) benchmarks/env_throughput.py
+
+## The documentation site (MkDocs + mkdocstrings) into site/; broken links or anchors fail it.
+docs: setup
+	$(PY) -m mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
