@@ -1,4 +1,4 @@
-"""The README's promise snippet runs as written (with a shorter budget)."""
+"""The README's snippets run as written (with shorter budgets)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,20 @@ def test_quickstart_snippet_runs():
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 (running the README is the test)
     callback_steps = namespace["agent"].num_timesteps
     assert callback_steps == 300
+
+
+def test_save_load_evaluate_snippet_runs(tmp_path, monkeypatch, capsys):
+    """The quick start's second block continues the first: save, load, evaluate."""
+    monkeypatch.chdir(tmp_path)  # the snippet writes agent.zip and safety_model.pt
+    code = snippet("snippet:quickstart").replace("agent.learn(100_000", "agent.learn(300")
+    follow = snippet("snippet:save-load")
+    assert "episodes=5" in follow
+    follow = follow.replace("episodes=5", "episodes=1")
+    namespace: dict = {}
+    exec(compile(code + follow, "README.md", "exec"), namespace)  # noqa: S102
+    assert (tmp_path / "agent.zip").is_file() and (tmp_path / "safety_model.pt").is_file()
+    assert namespace["result"].summary()["episodes"] == 1
+    assert "return_mean" in capsys.readouterr().out
 
 
 def test_offline_data_snippet_runs(capsys):
