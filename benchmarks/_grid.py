@@ -73,6 +73,21 @@ def read_result(out: Path, name: str, settings: dict[str, Any]) -> dict[str, Any
     return stored["result"]
 
 
+def finished_results(jobs: Sequence[tuple[str, Any]], out: Path,
+                     settings: Callable[[Any], dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """``{name: result}`` of the jobs already finished in ``out`` (settings checked when given)."""
+    results = {}
+    for name, payload in jobs:
+        if settings is None:
+            path = result_path(out, name)
+            stored = json.loads(path.read_text())["result"] if path.exists() else None
+        else:
+            stored = read_result(out, name, settings(payload))
+        if stored is not None:
+            results[name] = stored
+    return results
+
+
 def run_grid(
     jobs: Sequence[tuple[str, Any]],
     run_fn: Callable[[Any], dict[str, Any]],

@@ -33,7 +33,7 @@ from _aggregate import (
     run_metrics,
     summarise_groups,
 )
-from _grid import run_grid
+from _grid import finished_results, run_grid
 from _report import machine, write_csv, write_markdown
 
 from lbwrap.sb3.recipes import MODES
@@ -106,6 +106,9 @@ class Args:
     """Runs in parallel on the local Ray cluster (one CPU and one torch thread each)."""
     address: str | None = None
     """A running Ray cluster to use ("auto", "ray://host:10001"); None: start a local one."""
+    report_only: bool = False
+    """Write the table and plots from the runs already finished in ``--out`` and run nothing
+    (the same command without it runs the rest)."""
     safe_threshold: float = SAFE_RATE_THRESHOLD
     """Rolling violation rate (per env step) that counts as safe for "env steps to safe"."""
     safe_window: int = SAFE_RATE_WINDOW
@@ -226,7 +229,8 @@ def run_one(job: tuple[Args, str, int]) -> dict:
 def settings_of(job: tuple[Args, str, int]) -> dict:
     """What identifies a run: every setting that changes its result (not out / parallel / ...)."""
     args, mode, seed = job
-    skip = {"out", "parallel", "address", "modes", "seeds", "safe_threshold", "safe_window"}
+    skip = {"out", "parallel", "address", "modes", "seeds", "safe_threshold", "safe_window",
+            "report_only"}
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()
               if k not in skip}
     return {**values, "mode": mode, "seed": seed}
@@ -294,7 +298,14 @@ def main(args: Args) -> None:
     unknown = sorted(set(args.modes) - set(MODES))
     if unknown:
         raise SystemExit(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
-    jobs = [(f"{mode}-seed{seed}", (args, mode, seed)) for mode in args.modes for seed in args.seeds]
+    # seed-major: a grid stopped early holds whole seeds of every mode
+    jobs = [(f"{mode}-seed{seed}", (args, mode, seed)) for seed in args.seeds for mode in args.modes]
+    if args.report_only:
+        results = finished_results(jobs, args.out, settings_of)
+        if not results:
+            raise SystemExit(f"{args.out} holds no finished runs of this grid")
+        write_outputs(args, results, 0.0)
+        return
     start = time.perf_counter()
     progress = args.out / "progress.csv"  # one line per finished run, to watch a long benchmark
 
