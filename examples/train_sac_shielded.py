@@ -1,7 +1,8 @@
 """Train a (shielded) SAC agent from pixels, co-training the latent world model and barrier B(z).
 
-    python examples/train_sac_shielded.py                                  # SafetyPointGoal1Vision-v0
-    python examples/train_sac_shielded.py --env-id lbwrap/PixelHazard-v0   # fast numpy env
+    python examples/train_sac_shielded.py                                  # lbwrap/PixelHazardRun-v0
+    python examples/train_sac_shielded.py --env-id SafetyPointGoal1Vision-v0   # the paper's task
+    python examples/train_sac_shielded.py --env-id lbwrap/PixelHazard-v0   # goal task, numpy
     python examples/train_sac_shielded.py --preset paper --device cuda     # paper-sized run
     python examples/train_sac_shielded.py --env-id lbwrap/PixelHazard-v0 --resume \\
         --total-env-steps 100000                                           # continue a run
@@ -13,7 +14,9 @@ B at the world model's one-step prior as in the paper), ``barrier`` adds the pap
 (action repeat included, all envs together).
 
 Writes to ``--out-dir`` (default ``runs/<env>-<mode>-<seed>``): ``metrics.csv`` and
-``plot_{return,cost,violations}.png``, ``episode.gif`` (camera | world-model reconstruction, B(z)
+``plot_{return,cost,violations}.png``, ``plot_vs_reference.png`` (this run next to the
+committed plain-SAC reference run of the same env, preset and seed, where there is one, see
+``examples/reference/``), ``episode.gif`` (camera | world-model reconstruction, B(z)
 underneath), ``agent.zip`` and ``safety_model.pt`` (at the end and every ``--checkpoint-every`` env
 steps), ``run_config.json``, ``run_state.json``, ``summary.json``, ``report.md`` and TensorBoard logs
 in ``tb/``. ``--resume`` continues from that folder's checkpoint with the saved settings (flags
@@ -40,15 +43,20 @@ import lbwrap
 Mode = Literal["none", "shield", "penalty", "lagrangian", "barrier", "barrier+shield",
                "lagrangian+shield"]
 
-DEFAULT_ENV_ID = "SafetyPointGoal1Vision-v0"
+DEFAULT_ENV_ID = lbwrap.PIXEL_HAZARD_RUN_ID
 DEFAULT_MODE = "shield"
+#: Default level of each built-in numpy env (PixelHazard: 8 hazards; PixelHazardRun: 2 per unit).
+BUILTIN_LEVELS: dict[str, int] = {lbwrap.PIXEL_HAZARD_ID: 1, lbwrap.PIXEL_HAZARD_RUN_ID: 2}
+#: Committed reference runs (plain SAC, mode none) that a run's report is drawn against.
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 
 
 @dataclass
 class Args:
     env_id: str | None = None
-    """Pixel env id: a safety-gymnasium vision task or lbwrap/PixelHazard-v0 (default
-    SafetyPointGoal1Vision-v0; with --resume, the saved run's)."""
+    """Pixel env id: lbwrap/PixelHazardRun-v0 (default), lbwrap/PixelHazard-v0 or a
+    safety-gymnasium vision task such as SafetyPointGoal1Vision-v0 (with --resume, the saved
+    run's)."""
     mode: Mode | None = None
     """How safety enters (lbwrap.sb3.recipes.MODES; default shield)."""
     preset: Literal["quick", "paper"] | None = None
@@ -56,16 +64,17 @@ class Args:
     under ~12 minutes including evaluation and report; `paper` is the paper's budget (1M env
     steps, paper-size world model, world-model batches of 32 sequences x 50 steps)."""
     total_env_steps: int | None = None
-    """Env steps to train for, in total, resumed runs included (quick: 16000 on PixelHazard,
-    14000 on other envs; paper: 1000000)."""
+    """Env steps to train for, in total, resumed runs included (quick: 10000 on PixelHazardRun,
+    16000 on PixelHazard, 14000 on other envs; paper: 1000000)."""
     action_repeat: int | None = None
     """Env steps per agent step (preset: 2)."""
     size: int | None = None
     """Camera image side in pixels, 32 or 64 (preset: 64)."""
     level: int | None = None
-    """PixelHazard level, 0/1/2 = 0/8/16 hazards (default 1; PixelHazard only)."""
+    """Level of the built-in envs: PixelHazard 0/1/2 = 0/8/16 hazards (default 1), PixelHazardRun
+    0/1/2 hazards per unit of corridor (default 2); built-in envs only."""
     max_episode_steps: int | None = None
-    """PixelHazard episode length in env steps (default the env's, 500; PixelHazard only)."""
+    """Episode length of the built-in envs in env steps (default the env's, 500)."""
     learning_starts: int | None = None
     """Random-action warm-up of SAC, in env steps (quick 1000, paper 5000)."""
     batch_size: int | None = None
@@ -84,6 +93,13 @@ class Args:
     """How the shield predicts B after an action (preset: action_barrier): the action-conditioned
     barrier on the frame's embedding, or the paper's B at the world model's one-step prior (see
     benchmarks/shield_diagnostics.py for why the default differs from the paper)."""
+    shield_eps: float | None = None
+    """Margin of the action-barrier shield on its logit scale: a proposal passes when
+    ``B_next >= shield_eps`` (preset: see PRESETS; None in a preset: the library's
+    ``ACTION_BARRIER_EPS``)."""
+    shield_selection: Literal["closest", "critic"] | None = None
+    """Which passing action replaces a blocked proposal: the closest to it, or the best by
+    SAC's critic (preset: see PRESETS)."""
     intervention_penalty: float | None = None
     """Reward (env units) subtracted whenever the shield replaces SAC's action, so SAC learns to
     stop proposing what the shield blocks (shield modes; preset 0.1)."""
@@ -131,6 +147,10 @@ class Args:
     """torch CPU threads (1 suits small models on shared CPUs)."""
     progress: bool = True
     """Show SB3's progress bar."""
+    write_reference: bool = False
+    """Store this run (metrics.csv, summary.json, run_config.json and the command) as the
+    reference that runs of the same env, preset and seed are drawn against (examples/reference/;
+    made with ``--mode none``)."""
     tiny: bool = False
     """Test-sized model: a tiny world model, barrier and SAC networks, and a readiness gate that
     opens after 10 barrier updates (so that short runs exercise the shield). For tests only."""
@@ -152,6 +172,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "checkpoint_every": 10_000, "metrics_every": 1000, "world_model": "cpu",
         "reward_scale": 10.0, "ent_coef": "auto_0.1", "refresh_every": 0,
         "shield_predictor": "action_barrier", "intervention_penalty": 0.1,
+        "shield_eps": None, "shield_selection": "closest",
     },
     "paper": {
         "total_env_steps": 1_000_000, "size": 64, "action_repeat": 2, "learning_starts": 5000,
@@ -161,10 +182,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         "eval_episodes": 10, "checkpoint_every": 50_000, "metrics_every": 5000,
         "world_model": "paper", "reward_scale": 10.0, "ent_coef": "auto_0.1", "refresh_every": 0,
         "shield_predictor": "action_barrier", "intervention_penalty": 0.1,
+        "shield_eps": None, "shield_selection": "closest",
     },
 }
 #: quick-preset budgets per env (total env steps, evaluation episodes); others get the slow one.
 QUICK_BUDGET: dict[str, tuple[int, int]] = {
+    lbwrap.PIXEL_HAZARD_RUN_ID: (10_000, 5),
     lbwrap.PIXEL_HAZARD_ID: (16_000, 5),
     "slow": (14_000, 3),
 }
@@ -179,8 +202,8 @@ class RunMismatchError(ValueError):
     """--resume asked for a run that the checkpoint in --out-dir does not match."""
 
 
-def _is_hazard(env_id: str) -> bool:
-    return env_id == lbwrap.PIXEL_HAZARD_ID
+def _is_builtin(env_id: str) -> bool:
+    return env_id in BUILTIN_LEVELS
 
 
 def resolve(args: Args, saved: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -196,7 +219,7 @@ def resolve(args: Args, saved: dict[str, Any] | None = None) -> dict[str, Any]:
         steps, episodes = QUICK_BUDGET.get(env_id, QUICK_BUDGET["slow"])
         defaults.update(total_env_steps=steps, eval_episodes=episodes)
     defaults.update(preset=preset, env_id=env_id, mode=DEFAULT_MODE, seed=0, num_envs=1,
-                    level=1 if _is_hazard(env_id) else None, max_episode_steps=None)
+                    level=BUILTIN_LEVELS.get(env_id), max_episode_steps=None)
     cfg = {**defaults, **base, **explicit}
     if not saved or "preset" in explicit:
         cfg["world_model"] = PRESETS[preset]["world_model"]
@@ -229,7 +252,7 @@ def check_identity(cfg: dict[str, Any], saved: dict[str, Any], out_dir: Path) ->
 def env_factory(cfg: dict[str, Any]) -> functools.partial:
     """A picklable ``() -> env`` (SubprocVecEnv workers rebuild the env from it)."""
     kwargs: dict[str, Any] = {}
-    if _is_hazard(cfg["env_id"]):
+    if _is_builtin(cfg["env_id"]):
         kwargs["level"] = cfg["level"]
         if cfg["max_episode_steps"] is not None:
             kwargs["max_episode_steps"] = cfg["max_episode_steps"]
@@ -248,6 +271,9 @@ def safety_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
                               "seq_len": cfg["model_seq_len"]}
     if cfg["shield_predictor"] == "prior":
         kwargs["action_barrier"] = None
+    elif cfg.get("shield_eps") is not None:
+        kwargs["filter"] = lbwrap.FilterConfig(condition="barrier", eps=cfg["shield_eps"],
+                                               predictor="action_barrier")
     if cfg["tiny"]:
         kwargs.update(world_model_overrides=TINY_WORLD_MODEL, replay_capacity=20_000,
                       barrier=lbwrap.BarrierConfig(hidden_dim=16, imagine_starts=16,
@@ -274,6 +300,7 @@ def build(cfg: dict[str, Any]):
         model_learning_starts=agent_steps(cfg, cfg["model_learning_starts"]),
         pretrain_updates=cfg["pretrain_updates"], pretrain_min_unsafe=cfg["pretrain_min_unsafe"],
         intervention_penalty=cfg["intervention_penalty"],
+        shield_selection=cfg.get("shield_selection") or "closest",
         reward_scale=cfg["reward_scale"],
         refresh_every=agent_steps(cfg, cfg["refresh_every"]) if cfg["refresh_every"] else 0,
     )
@@ -452,8 +479,12 @@ def main(args: Args) -> dict[str, Any]:
     make_env = env_factory(cfg)
     shield = cfg["mode"] in SHIELD_MODES
     ev = evaluate_agent(agent, make_env, built.safety, episodes=cfg["eval_episodes"],
-                        shield=shield).summary() if cfg["eval_episodes"] > 0 and not interrupted else {}
+                        shield=shield, action_scorer=built.action_scorer,
+                        ).summary() if cfg["eval_episodes"] > 0 and not interrupted else {}
     pngs = [str(p) for p in plot_run(metrics_csv, out_dir / "plot")]
+    comparison = compare_with_reference(cfg, metrics_csv, recorder.cum_violations, ev, out_dir)
+    if comparison:
+        pngs.append(str(out_dir / "plot_vs_reference.png"))
     video = None
     if args.video_steps > 0 and not interrupted:
         video = record_episode_video(agent, make_env, built.safety, out_dir / "episode.gif",
@@ -472,14 +503,84 @@ def main(args: Args) -> dict[str, Any]:
         "eval": ev, "interrupted": interrupted,
         "wall_s_session": wall, "train_wall_s_session": train_s,
         "train_wall_s_total": recorder.wall_s,
-        "out_dir": str(out_dir), "plots": pngs,
+        "out_dir": str(out_dir), "plots": pngs, "vs_reference": comparison,
         "video": str(video.path) if video else None,
     }
     _write_json(out_dir / "summary.json", summary)
+    if args.write_reference and not interrupted:
+        write_reference(cfg, out_dir, command_line(args))
     report = write_report(out_dir, summary)
     summary["report"] = str(report)
     print_summary(summary)
     return summary
+
+
+# ------------------------------------------------------------------------------------ reference
+#: Settings a reference run must share with a run to be drawn next to it.
+REFERENCE_KEYS = ("env_id", "preset", "seed", "level", "max_episode_steps", "total_env_steps",
+                  "size", "action_repeat", "tiny")
+
+
+def reference_folder(cfg: dict[str, Any]) -> Path:
+    """Where the reference run for ``cfg``'s env, preset and seed lives."""
+    return REFERENCE_DIR / f"{cfg['env_id'].replace('/', '-')}-{cfg['preset']}-seed{cfg['seed']}"
+
+
+def command_line(args: Args) -> str:
+    """The command that reproduces ``args`` (the flags that differ from their defaults)."""
+    parts = ["python examples/train_sac_shielded.py"]
+    for f in dataclasses.fields(Args):
+        value = getattr(args, f.name)
+        if value == f.default:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            parts.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        else:
+            parts += [flag, str(value)]
+    return " ".join(parts)
+
+
+def write_reference(cfg: dict[str, Any], out_dir: Path, command: str) -> Path:
+    """Copy this run's metrics and summary into :func:`reference_folder`, with its command."""
+    import platform
+    import shutil
+    from datetime import date
+
+    folder = reference_folder(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.csv", "summary.json", "run_config.json"):
+        shutil.copy2(out_dir / name, folder / name)
+    _write_json(folder / "reference.json", {
+        **{k: cfg.get(k) for k in REFERENCE_KEYS}, "mode": cfg["mode"],
+        "command": command,
+        "date": str(date.today()), "machine": f"{platform.node()} ({os.cpu_count()} cores)",
+    })
+    return folder
+
+
+def compare_with_reference(cfg: dict[str, Any], metrics_csv: Path, violations: float,
+                           ev: dict[str, float], out_dir: Path) -> str | None:
+    """Draw this run next to the committed plain-SAC reference (plot_vs_reference.png) and
+    return one line comparing them; None when there is no reference for these settings."""
+    from lbwrap.eval import compare_runs, plot_comparison
+
+    folder = reference_folder(cfg)
+    if cfg["mode"] == "none" or not (folder / "reference.json").exists():
+        return None
+    ref = json.loads((folder / "reference.json").read_text())
+    if any(ref.get(k) != cfg.get(k) for k in REFERENCE_KEYS):
+        return None
+    ref_summary = json.loads((folder / "summary.json").read_text())
+    label = f"reference: plain SAC ({ref['date']})"
+    plot_comparison({f"{cfg['mode']} (this run)": metrics_csv, label: folder / "metrics.csv"},
+                    out_dir / "plot_vs_reference.png",
+                    title=f"{cfg['env_id']}, preset {cfg['preset']}, seed {cfg['seed']}")
+    if not ev:
+        return None
+    return compare_runs(violations, ev["return_mean"], ref_summary["train_violations"],
+                        ref_summary["eval"]["return_mean"], label=cfg["mode"],
+                        ref_label="plain SAC")
 
 
 def write_report(out_dir: Path, s: dict[str, Any]) -> Path:
@@ -496,8 +597,11 @@ def write_report(out_dir: Path, s: dict[str, Any]) -> Path:
     if ev:
         lines.append(f"* evaluation ({ev['episodes']} held-out layouts): return {_ms(ev, 'return')}, "
                      f"cost {_ms(ev, 'cost', '.1f')}, violations {_ms(ev, 'violations', '.1f')}")
-    lines += [f"* training wall time: {s['train_wall_s_total']:.0f} s", "",
-              "![return](plot_return.png) ![cost](plot_cost.png) ![violations](plot_violations.png)"]
+    lines += [f"* training wall time: {s['train_wall_s_total']:.0f} s", ""]
+    if s.get("vs_reference"):
+        lines += [f"**Against the committed reference run:** {s['vs_reference']}.", "",
+                  "![vs reference](plot_vs_reference.png)", ""]
+    lines += ["![return](plot_return.png) ![cost](plot_cost.png) ![violations](plot_violations.png)"]
     if s["video"]:
         lines += ["", "![episode](episode.gif)"]
     path = out_dir / "report.md"
@@ -518,6 +622,8 @@ def print_summary(s: dict[str, Any]) -> None:
     if ev:
         print(f"evaluation over {ev['episodes']} held-out layouts: return {_ms(ev, 'return')} | "
               f"cost {_ms(ev, 'cost', '.1f')} | violations {_ms(ev, 'violations', '.1f')}")
+    if s.get("vs_reference"):
+        print(f"against the committed reference run: {s['vs_reference']}")
     print(f"wall time: {s['wall_s_session']:.0f} s this session "
           f"(training {s['train_wall_s_total']:.0f} s over all sessions)")
     print(f"report: {s['report']} (metrics.csv, plot_*.png"

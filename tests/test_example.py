@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import importlib.util
 import shutil
 import sys
@@ -130,9 +131,13 @@ def test_train_resume_and_refuse_mismatch(example, tmp_path):
 
 def test_presets_and_explicit_flags(example):
     quick = example.resolve(example.Args())
-    assert quick["env_id"] == "SafetyPointGoal1Vision-v0" and quick["mode"] == "shield"
-    assert quick["world_model"] == "cpu" and quick["total_env_steps"] <= 20_000
-    assert quick["out_dir"] == Path("runs/SafetyPointGoal1Vision-v0-shield-0")
+    assert quick["env_id"] == "lbwrap/PixelHazardRun-v0" and quick["mode"] == "shield"
+    assert quick["level"] == 2 and quick["total_env_steps"] == 10_000
+    assert quick["world_model"] == "cpu"
+    assert quick["out_dir"] == Path("runs/lbwrap-PixelHazardRun-v0-shield-0")
+    safety = example.resolve(example.Args(env_id="SafetyPointGoal1Vision-v0"))
+    assert safety["level"] is None and safety["total_env_steps"] <= 20_000
+    assert safety["out_dir"] == Path("runs/SafetyPointGoal1Vision-v0-shield-0")
     hazard = example.resolve(example.Args(env_id="lbwrap/PixelHazard-v0", seed=3))
     assert hazard["total_env_steps"] >= quick["total_env_steps"]
     assert hazard["out_dir"] == Path("runs/lbwrap-PixelHazard-v0-shield-3")
@@ -163,6 +168,45 @@ def test_shield_predictor_flag(example):
     # a run saved before the flag existed resumes with the predictor it was trained with
     old = example.resolve(example.Args(), saved={"env_id": "lbwrap/PixelHazard-v0"})
     assert old["shield_predictor"] == "prior"
+
+
+def test_report_draws_the_run_next_to_the_committed_reference(example, tmp_path, monkeypatch):
+    """A plain-SAC run written with --write-reference is drawn next to a shield run of the same
+    settings, with a one-line comparison; other settings find no reference."""
+    monkeypatch.setattr(example, "REFERENCE_DIR", tmp_path / "reference")
+    plain = run(example, tiny_argv(tmp_path / "plain", "--mode", "none", "--write-reference"))
+    assert plain["vs_reference"] is None  # a plain run is not compared with itself
+    folder = tmp_path / "reference" / "lbwrap-PixelHazard-v0-quick-seed0"
+    stored = json.loads((folder / "reference.json").read_text())
+    assert stored["mode"] == "none" and "--write-reference" in stored["command"]
+    assert (folder / "metrics.csv").exists() and (folder / "summary.json").exists()
+
+    shielded = run(example, tiny_argv(tmp_path / "shield"))
+    line = shielded["vs_reference"]
+    assert line.startswith("shield: ") and "plain SAC's" in line and " of plain SAC's " in line
+    assert (tmp_path / "shield" / "plot_vs_reference.png").stat().st_size > 1000
+    assert line in (tmp_path / "shield" / "report.md").read_text()
+    other = run(example, tiny_argv(tmp_path / "other", "--total-env-steps", "500"))
+    assert other["vs_reference"] is None  # another budget: no reference to compare with
+
+
+def test_committed_reference_matches_the_quick_preset(example):
+    """The reference that `make run` is drawn against was made with the quick preset's settings."""
+    cfg = example.resolve(example.Args(mode="none"))
+    folder = example.reference_folder(cfg)
+    ref = json.loads((folder / "reference.json").read_text())
+    assert ref["mode"] == "none"
+    assert {k: ref[k] for k in example.REFERENCE_KEYS} == {
+        k: cfg[k] for k in example.REFERENCE_KEYS}
+    assert read_metrics(folder / "metrics.csv")["env_steps"][-1] == cfg["total_env_steps"]
+
+
+def test_compare_runs_line():
+    from lbwrap.eval import compare_runs
+
+    assert compare_runs(50, 18.0, 1000, 24.0, label="shield") == (
+        "shield: 50 training violations, 0.05x plain SAC's 1000; evaluation return 18.00, 75 % "
+        "of plain SAC's 24.00")
 
 
 def test_truncate_metrics_and_plot(tmp_path):

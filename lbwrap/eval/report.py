@@ -38,7 +38,9 @@ __all__ = [
     "METRICS_COLUMNS",
     "EpisodeVideo",
     "MetricsRecorder",
+    "compare_runs",
     "compose_video_frame",
+    "plot_comparison",
     "plot_run",
     "read_metrics",
     "record_episode_video",
@@ -354,6 +356,49 @@ def plot_run(metrics_csv: str | Path, out_png_prefix: str | Path) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def plot_comparison(runs: dict[str, str | Path], out_png: str | Path, title: str = "") -> Path:
+    """Cumulative violations and episode return of several runs (``{label: metrics.csv}``)
+    against env steps, side by side in one figure; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_v, ax_r) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for k, (label, path) in enumerate(runs.items()):
+        data = read_metrics(path)
+        steps = data["env_steps"]
+        style = {"color": f"C{k}", "linestyle": "-" if k == 0 else "--"}
+        ax_v.plot(steps, data["cum_violations"], label=label, **style)
+        ok = np.isfinite(data["ep_return_mean"])
+        ax_r.plot(steps[ok], data["ep_return_mean"][ok], label=label, **style)
+    ax_v.set(xlabel="env steps", ylabel="cumulative violating env steps")
+    ax_r.set(xlabel="env steps", ylabel="episode return (env reward, rolling mean)")
+    for ax in (ax_v, ax_r):
+        ax.grid(alpha=0.3)
+    ax_v.legend(loc="upper left", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def compare_runs(violations: float, ret: float, ref_violations: float, ref_return: float,
+                 label: str = "this run", ref_label: str = "plain SAC") -> str:
+    """One line comparing a run's training violations and evaluation return with a reference's."""
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x" if b else "n/a"
+
+    share = f"{100 * ret / ref_return:.0f} %" if ref_return > 0 else "n/a"
+    return (f"{label}: {violations:.0f} training violations, {ratio(violations, ref_violations)} "
+            f"{ref_label}'s {ref_violations:.0f}; evaluation return {ret:.2f}, {share} of "
+            f"{ref_label}'s {ref_return:.2f}")
 
 
 # ---------------------------------------------------------------------------------- video
