@@ -1,13 +1,24 @@
-"""Safety benchmark: safety modes x seeds at one step budget, cumulative violations and evaluation.
+"""Safety benchmark: safety modes x seeds at one step budget, violations and return judged together.
 
     python benchmarks/safety_benchmark.py                                  # PixelHazard, all modes
-    python benchmarks/safety_benchmark.py --modes none shield --seeds 0 1 2 --agent-steps 6000
+    python benchmarks/safety_benchmark.py --env-id lbwrap/PixelHazardRun-v0 --level 2 \
+        --agent-steps 5000 --seeds 0 1 2 3 4 --out benchmarks/results/safety_pixelhazard_run
+    python benchmarks/safety_benchmark.py ... --report-only                # table of finished runs
 
 Every mode sees the same learned latent observations and co-trains its own safety model (see
 ``lbwrap.sb3.recipes``); they differ only in how safety enters. Cumulative training violations
 count every violating *env* step (action repeat included), random warm-up included and also
 reported apart. Evaluation: deterministic episodes on held-out layouts (reset seeds >= 1e6).
-Writes ``<out>/runs.csv`` (one row per run), ``<out>/curves.csv`` and ``<out>/violations.png``.
+
+The grid runs on Ray (``pip install "lbwrap[bench]"``): a local cluster of ``--parallel`` CPUs,
+or a running one with ``--address``. Each run writes ``<out>/runs/<mode>-seed<k>/result.json``
+atomically; the same command started again skips finished runs (and refuses a folder made with
+other settings). The table (``_aggregate.py``: rliable IQM and 95 % stratified-bootstrap CIs of
+cumulative violations, evaluation return and cost, violations per 1000 env steps after the
+readiness gate opened, env steps until the rolling violation rate stays low, wall time; rliable's
+probability of improvement against ``lagrangian`` and ``none``) goes to ``<out>/summary.md`` and
+``summary.csv``; per run ``runs.csv`` and ``curves.csv``; plots ``violations.png`` (cumulative
+violations and training return vs env steps, seeds as bands) and ``tradeoff.png``.
 """
 
 from __future__ import annotations
