@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import importlib.util
+import json
 import shutil
 import sys
 from pathlib import Path

@@ -23,8 +23,8 @@ from .trainer import BarrierTrainer
 
 __all__ = [
     "ActionBarrierConfig",
-    "ActionScorer",
     "ActionBarrierNet",
+    "ActionScorer",
     "BarrierConfig",
     "BarrierInput",
     "BarrierNet",
