@@ -272,8 +272,10 @@ def write_outputs(args: Args, results: dict[str, dict], wall_s: float) -> None:
     rows = summarise_groups(groups, args.safe_threshold, args.safe_window)
     header = (f"# safety benchmark {date.today()}, {machine()}, {args.env_id} level {args.level}, "
               f"{args.size}px, {args.agent_steps * args.action_repeat} env steps/run, "
-              f"{len(args.seeds)} seeds, shield selection {args.shield_selection}, intervention "
-              f"penalty {args.intervention_penalty}, {wall_s / 60:.1f} min this invocation")
+              f"seeds {args.seeds} ({len(results)} of {len(args.modes) * len(args.seeds)} runs "
+              f"finished), shield selection {args.shield_selection}, intervention penalty "
+              f"{args.intervention_penalty}"
+              + (f", {wall_s / 60:.1f} min this invocation" if wall_s else ""))
     lines = [header, "", "IQM [95 % stratified-bootstrap CI] over seeds (rliable).", "",
              *markdown_table(rows, args.safe_threshold, args.safe_window)]
     for reference in ("lagrangian", "none"):
