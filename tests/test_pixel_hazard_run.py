@@ -2,28 +2,15 @@
 
 from __future__ import annotations
 
-import warnings
-
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium.utils.env_checker import check_env as gym_check_env
-from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from test_pixel_hazard import _run_checkers  # the same env checkers as PixelHazard's
 
 import lbwrap
 from lbwrap.envs.pixel_hazard import HAZARD_COLOUR, ROBOT_COLOUR, WALL_COLOUR
 from lbwrap.envs.pixel_hazard_run import PixelHazardRunConfig, PixelHazardRunEnv
 from lbwrap.eval.run_reference import HazardAvoider, StraightRunner, run_reference_episode
-
-_SPEC_WARNING = "not having a spec"  # gymnasium's checker cannot test other render modes
-
-
-def _run_checkers(env: gym.Env) -> list[str]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        gym_check_env(env)
-        sb3_check_env(env, warn=True)
-    return [str(w.message) for w in caught if _SPEC_WARNING not in str(w.message)]
 
 
 @pytest.mark.parametrize("level", [0, 1, 2])

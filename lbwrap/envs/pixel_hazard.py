@@ -204,6 +204,24 @@ class PixelHazardConfig:
         return LEVEL_NUM_HAZARDS[self.level] if self.num_hazards is None else int(self.num_hazards)
 
 
+def _resolve_options(env: gym.Env, config_cls: type, render_mode: str | None, config: Any,
+                     kwargs: dict[str, Any]) -> Any:
+    """Check ``render_mode``, ``config`` and keyword options of a built-in env; return its config
+    (``config`` or the defaults, with ``kwargs`` applied). Raises ``ValueError`` naming the problem."""
+    modes = env.metadata["render_modes"]
+    if render_mode is not None and render_mode not in modes:
+        raise ValueError(f"render_mode must be None or one of {modes}, got {render_mode!r}")
+    if config is not None and not isinstance(config, config_cls):
+        raise ValueError(f"config must be a {config_cls.__name__}, got {type(config).__name__}")
+    valid = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(kwargs) - valid)
+    if unknown:
+        raise ValueError(
+            f"unknown {type(env).__name__} option(s) {unknown}; valid options: {sorted(valid)}"
+        )
+    return dataclasses.replace(config or config_cls(), **kwargs)
+
+
 class PixelHazardEnv(gym.Env):
     """Point robot, goal and hidden-meaning hazards on a square plane, observed as an RGB image.
 
@@ -229,20 +247,7 @@ class PixelHazardEnv(gym.Env):
         config: PixelHazardConfig | None = None,
         **kwargs: Any,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"render_mode must be None or one of {self.metadata['render_modes']}, "
-                f"got {render_mode!r}"
-            )
-        if config is not None and not isinstance(config, PixelHazardConfig):
-            raise ValueError(f"config must be a PixelHazardConfig, got {type(config).__name__}")
-        valid = {f.name for f in dataclasses.fields(PixelHazardConfig)}
-        unknown = sorted(set(kwargs) - valid)
-        if unknown:
-            raise ValueError(
-                f"unknown PixelHazardEnv option(s) {unknown}; valid options: {sorted(valid)}"
-            )
-        cfg = dataclasses.replace(config or PixelHazardConfig(), **kwargs)
+        cfg = _resolve_options(self, PixelHazardConfig, render_mode, config, kwargs)
         self.config: PixelHazardConfig = cfg
         self.render_mode = render_mode
         self.num_hazards: int = cfg.hazard_count

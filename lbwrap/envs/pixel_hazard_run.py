@@ -43,7 +43,6 @@ Diagnostics (privileged; for scripted policies, tests and analysis, never for ag
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -59,6 +58,7 @@ from lbwrap.envs.pixel_hazard import (
     WALL_COLOUR,
     _is_int,
     _is_real,
+    _resolve_options,
 )
 
 __all__ = ["LEVEL_HAZARDS_PER_CHUNK", "PixelHazardRunConfig", "PixelHazardRunEnv"]
@@ -176,20 +176,7 @@ class PixelHazardRunEnv(gym.Env):
         config: PixelHazardRunConfig | None = None,
         **kwargs: Any,
     ) -> None:
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(
-                f"render_mode must be None or one of {self.metadata['render_modes']}, "
-                f"got {render_mode!r}"
-            )
-        if config is not None and not isinstance(config, PixelHazardRunConfig):
-            raise ValueError(f"config must be a PixelHazardRunConfig, got {type(config).__name__}")
-        valid = {f.name for f in dataclasses.fields(PixelHazardRunConfig)}
-        unknown = sorted(set(kwargs) - valid)
-        if unknown:
-            raise ValueError(
-                f"unknown PixelHazardRunEnv option(s) {unknown}; valid options: {sorted(valid)}"
-            )
-        cfg = dataclasses.replace(config or PixelHazardRunConfig(), **kwargs)
+        cfg = _resolve_options(self, PixelHazardRunConfig, render_mode, config, kwargs)
         self.config: PixelHazardRunConfig = cfg
         self.render_mode = render_mode
         self.hazards_per_chunk: int = cfg.hazard_count
