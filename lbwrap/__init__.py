@@ -54,6 +54,8 @@ _LAZY: dict[str, str] = {
     "VecLagrangianPenalty": "lbwrap.sb3",
     "LagrangianLoggerCallback": "lbwrap.sb3",
     "LatentRefresher": "lbwrap.sb3",
+    "SafePixelAgent": "lbwrap.sb3",
+    "AgentSettings": "lbwrap.sb3",
 }
 
 __all__ = list(_LAZY) + ["__version__"]

@@ -1,10 +1,17 @@
 """Stable-Baselines3 adapters: VecEnv wrappers, the co-training and latent-refresh callbacks,
-BarrierSAC, Lagrangian.
+BarrierSAC, Lagrangian, checkpoint sets and the pixel-acting ``SafePixelAgent``.
 
 Everything that imports ``stable_baselines3`` lives here; lower layers never import it.
 """
 
 from lbwrap.sb3.callback import CoTrainCallback
+from lbwrap.sb3.checkpoint import (
+    AgentSettings,
+    CheckpointError,
+    CheckpointSet,
+    find_checkpoint,
+    save_checkpoint_set,
+)
 from lbwrap.sb3.critic_scorer import critic_scorer
 from lbwrap.sb3.executed_actions import ExecutedActionRelabel
 from lbwrap.sb3.lagrangian import (
@@ -12,6 +19,7 @@ from lbwrap.sb3.lagrangian import (
     VecLagrangianPenalty,
     find_vec_lagrangian,
 )
+from lbwrap.sb3.pixel_agent import PixelAgentState, SafePixelAgent
 from lbwrap.sb3.policy import BarrierSAC, BarrierSACPolicy, barrier_actor_loss
 from lbwrap.sb3.refresh import LatentRefresher
 from lbwrap.sb3.vec_wrappers import (
@@ -23,12 +31,17 @@ from lbwrap.sb3.vec_wrappers import (
 )
 
 __all__ = [
+    "AgentSettings",
     "BarrierSAC",
     "BarrierSACPolicy",
+    "CheckpointError",
+    "CheckpointSet",
     "CoTrainCallback",
     "ExecutedActionRelabel",
     "LagrangianLoggerCallback",
     "LatentRefresher",
+    "PixelAgentState",
+    "SafePixelAgent",
     "VecBarrierPenalty",
     "VecBarrierShield",
     "VecLagrangianPenalty",
@@ -36,6 +49,8 @@ __all__ = [
     "VecRewardScale",
     "barrier_actor_loss",
     "critic_scorer",
+    "find_checkpoint",
     "find_vec_lagrangian",
     "find_vec_latent",
+    "save_checkpoint_set",
 ]
