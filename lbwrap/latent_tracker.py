@@ -3,6 +3,13 @@
 Pure torch + numpy. One :class:`LatentTracker` follows N env streams with the world model's
 posterior (``observe_step``): each call takes the frames the envs just returned, the actions
 that were *executed* to get there (after any shield), and which streams start a new episode.
+
+Frames must be uint8 RGB images (0-255), channel-first ``(M, 3, S, S)`` at the world model's
+size. Anything else is refused with a ``ValueError`` that says how to convert, never cast: float
+images in [0, 1] would silently become black frames (the policy of every lbwrap wrapper that
+feeds the world model: :class:`~lbwrap.wrappers.LatentObservation`,
+:class:`~lbwrap.sb3.VecLatentObservation` and this tracker). NaN/inf (in float frames or in the
+executed actions) are refused the same way.
 """
 
 from __future__ import annotations
@@ -13,7 +20,39 @@ import torch
 from lbwrap.latent_state import LatentState
 from lbwrap.world_model import WorldModel
 
-__all__ = ["LatentTracker"]
+__all__ = ["LatentTracker", "check_frames"]
+
+
+def check_frames(frames: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``frames`` as a uint8 array of ``shape``, or a ``ValueError`` that names the fix.
+
+    Refuses (never casts) non-uint8 frames: float images in [0, 1], float or int images in
+    0-255, NaN/inf, and frames of another shape (e.g. channel-last or another size).
+    """
+    arr = np.asarray(frames)
+    if arr.dtype != np.uint8:
+        kind = f"{arr.dtype} frames"
+        if arr.dtype.kind == "f" and arr.size and not np.isfinite(arr).all():
+            raise ValueError(
+                f"lbwrap's world model got {kind} containing NaN or inf: the env's camera "
+                "produced invalid pixels. Fix the env (or replace them, e.g. np.nan_to_num) and "
+                "give uint8 RGB images (0-255).")
+        if arr.dtype.kind == "f" and arr.size and 0.0 <= float(arr.min()) <= float(arr.max()) <= 1.0:
+            fix = "(frame * 255).round().astype(np.uint8)"
+            kind += " with values in [0, 1]"
+        else:
+            fix = "np.clip(frame, 0, 255).round().astype(np.uint8)"
+        raise ValueError(
+            f"lbwrap's world model reads uint8 RGB images (0-255), got {kind} (the observation "
+            f"space may say uint8, the data does not). Convert them before lbwrap sees them: "
+            f"{fix} (e.g. in a gymnasium.ObservationWrapper); lbwrap never casts them, which "
+            "would turn [0, 1] floats into black frames.")
+    if arr.shape != tuple(shape):
+        raise ValueError(
+            f"lbwrap's world model expects frames of shape {tuple(shape)} (N, C, H, W), got "
+            f"{arr.shape}: pass channel-first images of the size the model was built for "
+            "(make_pixel_env / as_pixel_env give them).")
+    return arr
 
 
 class LatentTracker:
@@ -65,11 +104,26 @@ class LatentTracker:
         m = self.num_envs if idx is None else int(idx.numel())
         if m == 0:
             return self.features()
+        cfg = wm.config
+        dtype = next(wm.parameters()).dtype
+        if self.state.deter.dtype != dtype or self.embed.dtype != dtype:
+            raise TypeError(
+                f"the tracker's state is {self.state.deter.dtype} (embed {self.embed.dtype}) but "
+                f"the world model computes in {dtype}: set latents of the model's dtype, e.g. "
+                f"state.map(lambda t: t.to({dtype})).")
+        frames = check_frames(frames, (m, cfg.image_channels, cfg.image_size, cfg.image_size))
         is_first_t = torch.as_tensor(np.asarray(is_first, dtype=bool).reshape(-1), device=device)
         if prev_actions is None:
-            prev = torch.zeros(m, wm.config.action_dim, device=device)
+            prev = torch.zeros(m, cfg.action_dim, device=device)
         else:
-            prev = torch.as_tensor(np.asarray(prev_actions, np.float32), device=device).reshape(m, -1)
+            actions = np.asarray(prev_actions, np.float32)
+            if actions.shape != (m, cfg.action_dim):
+                raise ValueError(f"prev_actions must have shape {(m, cfg.action_dim)} (one executed "
+                                 f"action per frame), got {actions.shape}")
+            if not np.isfinite(actions).all():
+                raise ValueError("prev_actions contain NaN or inf: pass the finite actions the "
+                                 "envs executed")
+            prev = torch.as_tensor(actions, device=device)
         obs = torch.as_tensor(np.ascontiguousarray(frames), device=device)
         state = self.state.to(device)
         was_training = wm.training

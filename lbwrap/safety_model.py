@@ -597,20 +597,81 @@ def bind_observations(scorer: ObservationScorer | None, observations: np.ndarray
     return lambda rows, cand: scorer(obs[rows.cpu().numpy()], cand)
 
 
+def as_action_batch(actions: Any, num_envs: int, action_dim: int, *, single: bool | None = None,
+                    what: str = "proposed actions") -> np.ndarray:
+    """``actions`` as a float32 ``(num_envs, action_dim)`` array, or a ``ValueError`` naming the fix.
+
+    Accepted layouts, never reshaped from anything else (4 values are not 2 envs x 2 dims unless
+    they come as ``(2, 2)``): ``single=None``: ``(N, A)``, or ``(A,)`` when ``N == 1``;
+    ``single=True``: ``(A,)`` only (one Gymnasium env); ``single=False``: ``(N, A)`` only (a
+    VecEnv). NaN and inf are refused, not replaced: nothing is stepped or filtered with them.
+    """
+    try:
+        arr = np.asarray(actions, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be numbers of shape ({num_envs}, {action_dim}), got "
+                         f"{type(actions).__name__} ({exc}).") from exc
+    batch, one = (int(num_envs), int(action_dim)), (int(action_dim),)
+    if single is True:
+        ok, expected = arr.shape == one, f"{one} (one env)"
+    elif single is False:
+        ok, expected = arr.shape == batch, f"{batch} (num_envs, action_dim)"
+    else:
+        ok = arr.shape == batch or (num_envs == 1 and arr.shape == one)
+        expected = f"{batch} (num_envs, action_dim)" + (f" or {one}" if num_envs == 1 else "")
+    if not ok:
+        raise ValueError(
+            f"{what} must have shape {expected}, got {arr.shape}: pass one row of {action_dim} "
+            "values per env (lbwrap never reshapes actions, so a wrong layout cannot pass as "
+            "another).")
+    finite = np.isfinite(arr)
+    if not finite.all():
+        rows = np.flatnonzero(~finite.reshape(batch).all(axis=1)).tolist()
+        raise ValueError(
+            f"{what}: NaN or inf values (env rows {rows}), which lbwrap refuses before the env "
+            "or the world model sees them. A policy that outputs NaN has diverged: check its "
+            "losses and learning rate; if non-finite values are expected, replace them before "
+            "stepping, e.g. np.nan_to_num(actions).")
+    return arr.reshape(batch)
+
+
 def shield_decision(
     safety: LatentSafetyModel, state: Any, proposed: np.ndarray, embed: torch.Tensor | None = None,
     scorer: ActionScorer | None = None,
 ) -> ShieldDecision:
     """Run the safe-action filter on a batch when ``safety.ready``; pass proposals through (clipped) otherwise.
 
-    ``embed``: the encoder embeddings of the current frames (``LatentTracker.embed``), needed by
-    the action-conditioned shield. ``scorer``: picks a replaced proposal's substitute among the
-    passing candidates (:class:`~lbwrap.barrier.SafeActionFilter`; ``None``: the closest).
+    ``state``: the current :class:`~lbwrap.latent_state.LatentState` of N envs (batch first, in
+    the model's dtype, float32 unless the model was converted); ``proposed``: ``(N, A)``, or
+    ``(A,)`` when N is 1 (any other shape is refused, see :func:`as_action_batch`; so are NaN and
+    inf). ``embed``: the encoder embeddings of the current frames (``LatentTracker.embed``, (N, E)),
+    needed by the action-conditioned shield. ``scorer``: picks a replaced proposal's substitute
+    among the passing candidates (:class:`~lbwrap.barrier.SafeActionFilter`; ``None``: the
+    closest). Bad input raises ``TypeError``/``ValueError`` whether or not the model is ready.
     """
+    deter = getattr(state, "deter", None)
+    if not isinstance(deter, torch.Tensor) or deter.dim() < 2:
+        raise TypeError(
+            f"state must be a batched LatentState (deter of shape (N, H)), got "
+            f"{type(state).__name__}: pass the wrapper's or tracker's latent_state.")
+    dtype = next(safety.world_model.parameters()).dtype
+    tensors = [(f"state.{name}", getattr(state, name, None))
+               for name in ("deter", "stoch", "mean", "std")]
+    if embed is not None:
+        tensors.append(("embed", embed))
+    for name, tensor in tensors:
+        if isinstance(tensor, torch.Tensor) and tensor.dtype != dtype:
+            raise TypeError(
+                f"{name} is {tensor.dtype} but the safety model computes in {dtype}: convert it "
+                f"first, e.g. state.map(lambda t: t.to({dtype})) and embed.to({dtype}) "
+                "(lbwrap's trackers and wrappers produce latents in the model's dtype).")
+    n = int(deter.shape[0])
+    if embed is not None and tuple(embed.shape[:1]) != (n,):
+        raise ValueError(f"embed has shape {tuple(embed.shape)}, the state holds {n} envs: pass "
+                         "the embeddings of the same envs (LatentTracker.embed).")
     low = safety.action_low.cpu().numpy()
     high = safety.action_high.cpu().numpy()
-    proposed = np.asarray(proposed, dtype=np.float32).reshape(-1, safety.action_dim)
-    n = proposed.shape[0]
+    proposed = as_action_batch(proposed, n, safety.action_dim)
     clipped = np.clip(proposed, low, high)
     if not safety.ready:
         nan = np.full(n, np.nan, np.float32)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -19,6 +20,7 @@ from lbwrap.latent_tracker import LatentTracker
 from lbwrap.safety_model import (
     LatentSafetyModel,
     ObservationScorer,
+    as_action_batch,
     barrier_penalty,
     barrier_values,
     bind_observations,
@@ -36,10 +38,14 @@ class VecLatentObservation(VecEnvWrapper):
 
     Follows the info contract of :class:`lbwrap.wrappers.LatentObservation`: ``pixels`` (the
     terminal frame at an episode's end), ``episode_start_pixels`` on each episode's first step,
-    ``executed_action``.
+    ``executed_action``. Bad input is refused as there, never converted: frames must be uint8
+    RGB images (float images, NaN/inf pixels raise a ``ValueError`` naming the conversion, see
+    :mod:`lbwrap.latent_tracker`); ``step_async`` takes ``(num_envs, A)`` finite actions and
+    raises before the envs are stepped otherwise.
     """
 
     def __init__(self, venv: VecEnv, safety: LatentSafetyModel) -> None:
+        _check_vec_env(venv, "VecLatentObservation", "lbwrap.LatentObservation(env, safety)")
         if not isinstance(safety, LatentSafetyModel):
             raise TypeError(f"safety must be a LatentSafetyModel, got {type(safety).__name__}.")
         safety.check_spaces(venv.observation_space, venv.action_space)
@@ -78,7 +84,9 @@ class VecLatentObservation(VecEnvWrapper):
 
     def step_async(self, actions: np.ndarray) -> None:
         low, high = self.action_space.low, self.action_space.high
-        self._actions = np.clip(np.asarray(actions, np.float32).reshape(self.num_envs, -1), low, high)
+        checked = as_action_batch(actions, self.num_envs, self.safety.action_dim, single=False,
+                                  what="VecLatentObservation.step: the actions")
+        self._actions = np.clip(checked, low, high)
         self.venv.step_async(actions)
 
     def step_wait(self):
@@ -106,15 +114,28 @@ class VecLatentObservation(VecEnvWrapper):
         return feats, rewards, dones, infos
 
 
-def find_vec_latent(venv: VecEnv) -> VecLatentObservation:
+def _check_vec_env(venv: VecEnv, wrapper: str, gym_twin: str) -> None:
+    """``TypeError`` naming the Gymnasium twin when ``venv`` is not an SB3 VecEnv."""
+    if isinstance(venv, VecEnv):
+        return
+    if isinstance(venv, gym.Env):
+        raise TypeError(
+            f"{wrapper} wraps an SB3 VecEnv, got the Gymnasium env {type(venv).__name__}: wrap "
+            f"it with {gym_twin} instead, or vectorise it first (DummyVecEnv([lambda: env])).")
+    raise TypeError(f"{wrapper} wraps an SB3 VecEnv, got {type(venv).__name__}.")
+
+
+def find_vec_latent(venv: VecEnv, wrapper: str = "This wrapper",
+                    gym_twin: str = "lbwrap's Gymnasium wrappers") -> VecLatentObservation:
     """The :class:`VecLatentObservation` inside ``venv``, or a clear error."""
+    _check_vec_env(venv, wrapper, gym_twin)
     current = venv
     while isinstance(current, VecEnvWrapper):
         if isinstance(current, VecLatentObservation):
             return current
         current = current.venv
     raise ValueError(
-        "This wrapper needs a VecLatentObservation inside it: "
+        f"{wrapper} needs a VecLatentObservation inside it: "
         "VecBarrierShield(VecLatentObservation(vec_env, safety), safety)."
     )
 
@@ -124,12 +145,14 @@ class VecBarrierShield(VecEnvWrapper):
 
     ``action_scorer`` (settable later, e.g. to :func:`lbwrap.sb3.critic_scorer` of the agent that
     acts on this env): how a replaced action's substitute is chosen among the passing candidates;
-    ``None``: the closest to the proposal.
+    ``None``: the closest to the proposal. Proposals must be ``(num_envs, A)`` and finite; anything
+    else raises a ``ValueError`` before the envs are stepped (never reshaped or replaced).
     """
 
     def __init__(self, venv: VecEnv, safety: LatentSafetyModel, intervention_penalty: float = 0.0,
                  action_scorer: ObservationScorer | None = None) -> None:
-        self.latent = find_vec_latent(venv)
+        self.latent = find_vec_latent(
+            venv, "VecBarrierShield", "lbwrap.BarrierShield(LatentObservation(env, safety), safety)")
         if self.latent.safety is not safety:
             raise ValueError("VecBarrierShield and its VecLatentObservation must share one LatentSafetyModel.")
         if intervention_penalty < 0:
@@ -147,7 +170,8 @@ class VecBarrierShield(VecEnvWrapper):
         return self._obs
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._proposed = np.asarray(actions, np.float32).reshape(self.num_envs, -1)
+        self._proposed = as_action_batch(actions, self.num_envs, self.safety.action_dim,
+                                         single=False, what="VecBarrierShield.step: the proposed actions")
         self._decision = shield_decision(self.safety, self.latent.latent_state, self._proposed,
                                          embed=self.latent.latent_embed,
                                          scorer=bind_observations(self.action_scorer, self._obs))
@@ -195,7 +219,8 @@ class VecBarrierPenalty(VecEnvWrapper):
         mode: Literal["decrease", "margin"] = "decrease",
         only_when_ready: bool = True,
     ) -> None:
-        self.latent = find_vec_latent(venv)
+        self.latent = find_vec_latent(
+            venv, "VecBarrierPenalty", "lbwrap.BarrierPenalty(LatentObservation(env, safety), safety)")
         if self.latent.safety is not safety:
             raise ValueError("VecBarrierPenalty and its VecLatentObservation must share one LatentSafetyModel.")
         if scale < 0 or mode not in ("decrease", "margin"):

@@ -9,7 +9,7 @@ import numpy as np
 from gymnasium import spaces
 
 from lbwrap.latent_tracker import LatentTracker
-from lbwrap.safety_model import LatentSafetyModel
+from lbwrap.safety_model import LatentSafetyModel, as_action_batch
 
 __all__ = ["LatentObservation", "find_latent_observation"]
 
@@ -30,9 +30,17 @@ class LatentObservation(gym.Wrapper):
     Use it in the main process (directly or in ``DummyVecEnv``): in ``SubprocVecEnv`` workers it
     would hold a copy of the model that never learns — use
     :class:`lbwrap.sb3.VecLatentObservation` there.
+
+    Bad input is refused with a ``ValueError`` that names the fix, never converted: frames must
+    be uint8 RGB images (0-255) of the model's size — float images (in [0, 1] or 0-255, also
+    when the observation space claims uint8) and NaN/inf pixels raise (see
+    :mod:`lbwrap.latent_tracker`); ``step`` takes an action of shape ``(A,)`` with finite values
+    and raises *before* the env is stepped otherwise (a NaN action is never executed or fed to
+    the world model).
     """
 
     def __init__(self, env: gym.Env, safety: LatentSafetyModel) -> None:
+        _check_single_env(env, "LatentObservation", "lbwrap.VecLatentObservation(vec_env, safety)")
         super().__init__(env)
         if not isinstance(safety, LatentSafetyModel):
             raise TypeError(f"safety must be a LatentSafetyModel, got {type(safety).__name__}.")
@@ -73,7 +81,8 @@ class LatentObservation(gym.Wrapper):
         return obs, info
 
     def step(self, action: Any):
-        action = np.asarray(action, dtype=np.float32)
+        action = as_action_batch(action, 1, self.safety.action_dim, single=True,
+                                 what="LatentObservation.step: the action")[0]
         frame, reward, terminated, truncated, info = self.env.step(action)
         frame = self._chw(np.asarray(frame))
         clipped = np.clip(action, self.action_space.low, self.action_space.high)
@@ -87,14 +96,38 @@ class LatentObservation(gym.Wrapper):
         return obs, reward, terminated, truncated, info
 
 
-def find_latent_observation(env: gym.Env) -> LatentObservation:
+def _is_vec_env(env: Any) -> bool:
+    """An SB3 ``VecEnv`` (duck-typed, so that this module never imports SB3)."""
+    return not isinstance(env, gym.Env) and all(
+        hasattr(env, name) for name in ("num_envs", "step_async", "step_wait"))
+
+
+def _check_single_env(env: Any, wrapper: str, vec_twin: str) -> None:
+    """``TypeError`` naming the VecEnv twin when ``env`` is not one Gymnasium env."""
+    if _is_vec_env(env):
+        raise TypeError(
+            f"{wrapper} wraps one gymnasium.Env, got the VecEnv {type(env).__name__}: wrap the "
+            f"VecEnv with {vec_twin} instead (it batches all envs in the main process).")
+    if isinstance(env, gym.vector.VectorEnv):
+        raise TypeError(
+            f"{wrapper} wraps one gymnasium.Env, got the Gymnasium vector env "
+            f"{type(env).__name__}: build an SB3 VecEnv (DummyVecEnv / SubprocVecEnv) of the "
+            f"single envs and wrap it with {vec_twin}.")
+    if not isinstance(env, gym.Env):
+        raise TypeError(f"{wrapper} wraps a gymnasium.Env, got {type(env).__name__}: build one "
+                        "with lbwrap.make_pixel_env(env_id) or lbwrap.as_pixel_env(env).")
+
+
+def find_latent_observation(env: gym.Env, wrapper: str = "This wrapper",
+                            vec_twin: str = "the lbwrap.sb3 VecEnv wrappers") -> LatentObservation:
     """The :class:`LatentObservation` inside ``env``'s wrapper chain, or a clear error."""
+    _check_single_env(env, wrapper, vec_twin)
     current: Any = env
     while isinstance(current, gym.Wrapper):
         if isinstance(current, LatentObservation):
             return current
         current = current.env
     raise ValueError(
-        "This wrapper needs a LatentObservation inside it: "
+        f"{wrapper} needs a LatentObservation inside it: "
         "env = BarrierShield(LatentObservation(pixel_env, safety), safety)."
     )

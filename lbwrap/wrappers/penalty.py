@@ -30,8 +30,10 @@ class BarrierPenalty(gym.Wrapper):
         mode: Literal["decrease", "margin"] = "decrease",
         only_when_ready: bool = True,
     ) -> None:
+        latent = find_latent_observation(env, "BarrierPenalty",
+                                         "lbwrap.VecBarrierPenalty(VecLatentObservation(vec_env, safety), safety)")
         super().__init__(env)
-        self.latent = find_latent_observation(env)
+        self.latent = latent
         if self.latent.safety is not safety:
             raise ValueError("BarrierPenalty and its LatentObservation must share one LatentSafetyModel.")
         if scale < 0:

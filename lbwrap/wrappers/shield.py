@@ -10,6 +10,7 @@ import numpy as np
 from lbwrap.safety_model import (
     LatentSafetyModel,
     ObservationScorer,
+    as_action_batch,
     bind_observations,
     shield_decision,
 )
@@ -35,12 +36,18 @@ class BarrierShield(gym.Wrapper):
     (settable later): picks the substitute among the passing candidates, e.g.
     :func:`lbwrap.sb3.critic_scorer` of the acting agent (the best safe action by its critic);
     ``None``: the closest to the proposal.
+
+    ``step`` takes one proposal of shape ``(A,)``; another shape (e.g. ``(1, A)`` or a flat batch)
+    or NaN/inf values raise a ``ValueError`` before the env is stepped (never reshaped, replaced
+    or executed).
     """
 
     def __init__(self, env: gym.Env, safety: LatentSafetyModel, intervention_penalty: float = 0.0,
                  action_scorer: ObservationScorer | None = None) -> None:
+        latent = find_latent_observation(env, "BarrierShield",
+                                         "lbwrap.VecBarrierShield(VecLatentObservation(vec_env, safety), safety)")
         super().__init__(env)
-        self.latent = find_latent_observation(env)
+        self.latent = latent
         if self.latent.safety is not safety:
             raise ValueError(
                 "BarrierShield and the LatentObservation inside it must share one LatentSafetyModel."
@@ -63,7 +70,8 @@ class BarrierShield(gym.Wrapper):
         return None
 
     def step(self, action: Any):
-        proposed = np.asarray(action, dtype=np.float32).reshape(1, -1)
+        proposed = as_action_batch(action, 1, self.safety.action_dim, single=True,
+                                   what="BarrierShield.step: the proposed action")
         observations = None if self._obs is None else np.asarray(self._obs)[None]
         decision = shield_decision(self.safety, self.latent.latent_state, proposed,
                                    embed=self.latent.latent_embed,
