@@ -2,8 +2,9 @@
 
 A latent world model learned from camera images, a latent barrier-like function B(z) on top of it
 (B >= 0 safe, B < 0 unsafe), and the Gymnasium / Stable-Baselines3 parts that use them. Public
-names are imported lazily, so ``import lbwrap`` stays cheap and the pure-torch core never pulls
-in Gymnasium or SB3.
+names are imported lazily, so ``import lbwrap`` stays cheap (no torch, no SB3). It does import
+:mod:`lbwrap.envs` (numpy + Gymnasium only), which registers the built-in ids: right after
+``import lbwrap``, ``gym.make("lbwrap/PixelHazard-v0")`` works and ``lbwrap.envs`` is there.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ __version__ = "0.1.0"
 # gymnasium-robotics (a safety-gymnasium dependency) prints a notice when gymnasium loads its
 # plugins; importing gymnasium here, quietly, keeps later imports (e.g. SB3's) quiet too.
 import_gymnasium_quietly()
+
+# Registers lbwrap/PixelHazard-v0 and lbwrap/PixelHazardRun-v0 with Gymnasium (a few ms).
+from lbwrap import envs as envs  # re-exported: lbwrap.envs
 
 # public name -> module that defines it
 _LAZY: dict[str, str] = {

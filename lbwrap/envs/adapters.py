@@ -11,7 +11,17 @@ Every env that lbwrap consumes looks the same after :class:`PixelCostEnv`:
   sub-step ends it;
 * ``info["cost"]``: the summed cost; ``info["violations"]``: how many sub-steps had cost > 0.
   The cost is read from the env's 6-tuple ``step`` (safety-gymnasium), an ``info`` key, or a
-  user function.
+  user function;
+* ``render()`` (``render_mode`` is always ``"rgb_array"``): the camera frame the agent saw last,
+  ``(size, size, 3)`` uint8, so Gymnasium's ``check_env`` and video recorders work on every
+  adapted env (safety-gymnasium's vision tasks refuse their own ``render()``). The source env's
+  own rendering stays reachable as ``env.env.render()``.
+
+Float images: non-uint8 frames with values in 0-255 are clipped and cast, as before; float
+images in [0, 1] are *refused* with a ``ValueError`` that says how to convert them (casting them
+would give black frames), and so are images with NaN or inf pixels. The same policy holds in
+:class:`~lbwrap.wrappers.LatentObservation`, :class:`~lbwrap.sb3.VecLatentObservation` and
+:class:`~lbwrap.latent_tracker.LatentTracker` (which refuse every non-uint8 frame).
 """
 
 from __future__ import annotations
@@ -44,6 +54,21 @@ def _is_image_box(space: gym.Space) -> bool:
     return space.shape[-1] in (1, 3) or space.shape[0] in (1, 3)
 
 
+def _float_image_error(space: gym.Space, where: str) -> ValueError | None:
+    """The error for a float image Box (e.g. images in [0, 1]), ``None`` for other spaces."""
+    if not isinstance(space, spaces.Box) or space.dtype.kind != "f" or len(space.shape) != 3:
+        return None
+    if not (space.shape[-1] in (1, 3) or space.shape[0] in (1, 3)):
+        return None
+    scale = "(o * 255).round().astype(np.uint8)" if float(np.max(space.high)) <= 1.0 else \
+        "np.clip(o, 0, 255).astype(np.uint8)"
+    return ValueError(
+        f"{where} is a float image space {space}; lbwrap needs uint8 RGB images (0-255) and "
+        f"never casts floats (images in [0, 1] would become black frames). Convert them first "
+        f"with a gymnasium.ObservationWrapper whose observation(o) returns {scale} and whose "
+        f"observation_space is Box(0, 255, {space.shape}, np.uint8), then call as_pixel_env.")
+
+
 def _hwc_shape(space: spaces.Box) -> tuple[int, int, int]:
     """(H, W, C) of an image Box, whether it is channel-last or channel-first."""
     h, w, c = space.shape
@@ -51,6 +76,25 @@ def _hwc_shape(space: spaces.Box) -> tuple[int, int, int]:
         return h, w, c
     c, h, w = space.shape
     return h, w, c
+
+
+def _as_uint8(frame: np.ndarray) -> np.ndarray:
+    """A non-uint8 (H, W, C) image in 0-255 -> uint8; float [0, 1] or NaN/inf images raise."""
+    if frame.dtype.kind == "f" and frame.size:
+        if not np.isfinite(frame).all():
+            raise ValueError(
+                f"The env returned a {frame.dtype} image with NaN or inf pixels; lbwrap refuses "
+                "it rather than feed the world model garbage. Fix the env's rendering (or replace "
+                "them, e.g. np.nan_to_num, in a wrapper inside as_pixel_env).")
+        low, high = float(frame.min()), float(frame.max())
+        if 0.0 <= low and 0.0 < high <= 1.0:
+            raise ValueError(
+                f"The env returned a {frame.dtype} image with values in [0, 1]; lbwrap needs "
+                "uint8 RGB images (0-255) and does not guess the scale (casting would give black "
+                "frames). Convert it inside as_pixel_env: env = gymnasium.wrappers."
+                "TransformObservation(env, lambda o: (o * 255).round().astype(np.uint8)) (for "
+                "rendered frames, return (frame * 255).round().astype(np.uint8) from render()).")
+    return np.clip(frame, 0, 255).astype(np.uint8)
 
 
 def resize_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -132,6 +176,18 @@ class PixelCostEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             box.low.astype(np.float32), box.high.astype(np.float32), box.shape, np.float32
         )
         self._env_action_dtype = box.dtype
+        self.metadata = {**getattr(env, "metadata", {}), "render_modes": ["rgb_array"]}
+        self._last_frame: np.ndarray | None = None
+
+    @property
+    def render_mode(self) -> str:  # type: ignore[override]
+        """Always ``"rgb_array"``: :meth:`render` returns the camera frame the agent saw."""
+        return "rgb_array"
+
+    def render(self) -> np.ndarray | None:  # type: ignore[override]
+        """The latest camera frame, ``(size, size, 3)`` uint8 (channel-last, as Gymnasium's
+        ``rgb_array`` mode wants it, whatever ``channel_first``); ``None`` before ``reset``."""
+        return None if self._last_frame is None else self._last_frame.copy()
 
     # ------------------------------------------------------------------ set-up helpers
     @staticmethod
@@ -147,6 +203,13 @@ class PixelCostEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
                         return "key", key
             if render_ok:
                 return "render", None
+            floats = _float_image_error(space, "The env's observation space")
+            if isinstance(space, spaces.Dict):
+                for key in _IMAGE_KEYS:
+                    if floats is None and key in space.spaces:
+                        floats = _float_image_error(space.spaces[key], f"Dict key {key!r}")
+            if floats is not None:
+                raise floats
             raise ValueError(
                 f"The env has no image observation (observation_space={space}) and does not render "
                 "in 'rgb_array' mode. Create it with render_mode='rgb_array' (e.g. "
@@ -160,6 +223,9 @@ class PixelCostEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
                 )
             return "render", None
         if pixels == "observation":
+            floats = _float_image_error(space, "The env's observation space")
+            if floats is not None:
+                raise floats
             if not _is_image_box(space):
                 raise ValueError(
                     f"pixels='observation' needs a uint8 image observation space (H, W, 3) or "
@@ -167,6 +233,9 @@ class PixelCostEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
                 )
             return "observation", None
         if isinstance(space, spaces.Dict) and pixels in space.spaces:
+            floats = _float_image_error(space.spaces[pixels], f"Dict key {pixels!r}")
+            if floats is not None:
+                raise floats
             if not _is_image_box(space.spaces[pixels]):
                 raise ValueError(
                     f"Dict key {pixels!r} is not a uint8 image, it is {space.spaces[pixels]}."
@@ -202,9 +271,10 @@ class PixelCostEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         if frame.shape[-1] == 1:
             frame = np.repeat(frame, 3, axis=-1)
         if frame.dtype != np.uint8:
-            frame = np.clip(frame, 0, 255).astype(np.uint8)
+            frame = _as_uint8(frame)
         if frame.shape[0] != self.size or frame.shape[1] != self.size:
             frame = resize_image(frame, self.size)
+        self._last_frame = frame
         if self.channel_first:
             frame = frame.transpose(2, 0, 1)
         return np.ascontiguousarray(frame)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any
 
 import gymnasium as gym
@@ -34,17 +35,29 @@ def make_pixel_env(
       come from).
 
     Args:
-        env_id: a registered env id.
+        env_id: a registered env id (a string; an env *instance* goes to
+            :func:`~lbwrap.envs.adapters.as_pixel_env` instead).
         size: image side in pixels (16..1024).
-        action_repeat: env steps per agent step (the paper uses 2).
+        action_repeat: env steps per agent step (an int >= 1; the paper uses 2).
         channel_first: ``(3, size, size)`` observations if true, else ``(size, size, 3)``.
         pixels, cost: see :class:`~lbwrap.envs.adapters.PixelCostEnv`.
-        **make_kwargs: passed to the env's constructor (``gym.make``).
+        **make_kwargs: passed to the env's constructor (``gym.make``); ``max_episode_steps``, if
+            given, must be an int >= 1 (``gym.make`` applies it as a ``TimeLimit`` in env steps).
+
+    Bad arguments raise before any env is built (a ``TypeError`` for an env instance, a
+    ``ValueError`` naming the valid values otherwise, ``gym.error.NameNotFound`` for unknown ids).
+    ``render()`` returns the camera frame the agent saw (``render_mode`` is ``"rgb_array"``), so
+    ``gymnasium.utils.env_checker.check_env`` passes on the built-in envs and the vision tasks.
+
+    Action boxes are the env's own, not rescaled: the built-in envs and the Point/Car vision tasks
+    use [-1, 1]^2, but ``SafetyRacecar*Vision-v0`` does not: its box is
+    [-20, 20] x [-0.785, 0.785] (wheel velocity, steering angle). lbwrap's shield stays inside
+    whatever box the env declares; rescale it yourself (e.g. ``gymnasium.wrappers.RescaleAction``
+    before ``as_pixel_env``) if your agent assumes [-1, 1].
 
     Seeding: ``env.reset(seed=s)`` fixes the layout; the same seed gives the same layout.
     """
-    if not isinstance(size, int) or not 16 <= size <= 1024:
-        raise ValueError(f"size must be an int in [16, 1024] (the paper uses 64), got {size!r}.")
+    _check_arguments(env_id, size, action_repeat, make_kwargs)
     if is_safety_vision_id(env_id):
         env = make_safety_vision_env(env_id, size=size, **make_kwargs)
         try:
@@ -87,6 +100,34 @@ def make_pixel_env(
         env, pixels=pixels, cost=cost, size=size, action_repeat=action_repeat,
         channel_first=channel_first,
     )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _check_arguments(env_id: Any, size: Any, action_repeat: Any, make_kwargs: dict[str, Any]) -> None:
+    """Raise before anything is built, naming the problem and the fix."""
+    if not isinstance(env_id, str):
+        if isinstance(env_id, gym.Env):
+            raise TypeError(
+                f"make_pixel_env takes an env id (a string such as 'lbwrap/PixelHazard-v0'), got "
+                f"the env instance {env_id}: adapt an existing env with "
+                "lbwrap.as_pixel_env(env, size=..., action_repeat=...) instead.")
+        raise TypeError(
+            f"make_pixel_env takes an env id (a string such as 'lbwrap/PixelHazard-v0'), got "
+            f"{type(env_id).__name__}; for an existing env use lbwrap.as_pixel_env(env).")
+    if not _is_int(size) or not 16 <= int(size) <= 1024:
+        raise ValueError(f"size must be an int in [16, 1024] (the paper uses 64), got {size!r}.")
+    if not _is_int(action_repeat) or int(action_repeat) < 1:
+        raise ValueError(
+            f"action_repeat must be an int >= 1 (env steps per agent step; 1: no repeat, the paper "
+            f"uses 2), got {action_repeat!r}.")
+    steps = make_kwargs.get("max_episode_steps")
+    if steps is not None and (not _is_int(steps) or int(steps) < 1):
+        raise ValueError(
+            f"max_episode_steps must be an int >= 1 (env steps per episode) or left out for the "
+            f"env's default, got {steps!r}.")
 
 
 def _vision_twin(env_id: str) -> str:
