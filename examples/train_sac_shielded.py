@@ -233,6 +233,42 @@ def resolve(args: Args, saved: dict[str, Any] | None = None) -> dict[str, Any]:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {cfg[name]}")
     if cfg["mode"] not in get_args(Mode):
         raise ValueError(f"--mode must be one of {get_args(Mode)}, got {cfg['mode']!r}")
+    # Bad flags fail here, before any env, model or file exists, naming the fix.
+    import re
+
+    for name in ("checkpoint_every", "learning_starts", "eval_episodes", "model_learning_starts",
+                 "pretrain_updates", "pretrain_min_unsafe", "refresh_every", "video_steps"):
+        if cfg.get(name) is not None and int(cfg[name]) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {cfg[name]}: pass 0 or a positive count")
+    builtin = _is_builtin(cfg["env_id"])
+    for name in ("level", "max_episode_steps"):
+        if cfg.get(name) is not None and not builtin:
+            raise ValueError(
+                f"--{name.replace('_', '-')} applies to the built-in envs only "
+                f"({', '.join(BUILTIN_LEVELS)}), not to {cfg['env_id']}: drop the flag.")
+    if cfg["max_episode_steps"] is not None and int(cfg["max_episode_steps"]) < 1:
+        raise ValueError(f"--max-episode-steps must be >= 1, got {cfg['max_episode_steps']}")
+    if builtin:  # episode length known: the flag, else the built-in envs' default (500)
+        episode = math.ceil(int(cfg["max_episode_steps"] or 500) / int(cfg["action_repeat"]))
+        if int(cfg["model_seq_len"]) > episode:
+            raise ValueError(
+                f"--model-seq-len {cfg['model_seq_len']} is longer than an episode ({episode} "
+                f"agent steps = max_episode_steps {cfg['max_episode_steps'] or 500} / "
+                f"action_repeat {cfg['action_repeat']}): pass --model-seq-len <= {episode}.")
+    ent = cfg["ent_coef"]
+    number = str(ent).removeprefix("auto_")
+    try:
+        ent_ok = str(ent) == "auto" or (math.isfinite(float(number)) and float(number) > 0)
+    except ValueError:
+        ent_ok = False
+    if not ent_ok:
+        raise ValueError(
+            f"--ent-coef must be a float > 0 (e.g. 0.1), 'auto' or 'auto_<initial float > 0>' "
+            f"(e.g. auto_0.1), got {ent!r}")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", str(cfg["device"])):
+        raise ValueError(
+            f"--device must be one of auto, cpu, cuda, cuda:N (N = GPU index), mps; got "
+            f"{cfg['device']!r}")
     return cfg
 
 
