@@ -9,7 +9,7 @@ setup: $(VENV)/.lbwrap-installed
 $(VENV)/.lbwrap-installed: pyproject.toml scripts/setup_env.sh
 	scripts/setup_env.sh $(VENV)
 
-## The main job: shielded SAC from pixels on SafetyPointGoal1Vision-v0, quick preset (< 15 min on
+## The main job: shielded SAC from pixels on lbwrap/PixelHazardRun-v0, quick preset (~6 min on
 ## 2 CPU cores), with a report (metrics.csv, plots, GIF) in runs/.
 run: setup
 	$(PY) examples/train_sac_shielded.py --preset quick
