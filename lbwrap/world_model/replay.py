@@ -18,6 +18,7 @@ step number can tell later whether that step is still stored (used by
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Mapping
@@ -29,6 +30,7 @@ import torch
 __all__ = ["SequenceReplay"]
 
 _FIELDS = ("obs", "action", "reward", "cost", "is_first", "is_terminal")
+_STATE_VERSION = 2  # 1 (no marker): the whole preallocated rings; 2: the stored steps only
 
 
 class SequenceReplay:
@@ -264,41 +266,117 @@ class SequenceReplay:
                 for k, v in batch.items()}
 
     # ------------------------------------------------------------ persistence
+    def _stored_index(self, pos: np.ndarray, size: np.ndarray, capacity: int
+                      ) -> tuple[np.ndarray, np.ndarray]:
+        """(env, ring index) of every stored step: stream 0 oldest..newest, then stream 1, ..."""
+        env = np.repeat(np.arange(self.num_envs), size)
+        offsets = np.concatenate(([0], np.cumsum(size)[:-1]))
+        k = np.arange(env.size) - np.repeat(offsets, size)  # index within its stream
+        return env, (pos[env] - size[env] + k) % capacity
+
     def state_dict(self) -> dict[str, Any]:
-        """Arrays, write position, sizes and step counts (arrays are not copied)."""
-        state: dict[str, Any] = dict(self._data)
+        """The stored steps only (copies), with write positions, sizes and step counts.
+
+        Each field (``obs``, ``action``, ...) holds ``size.sum()`` rows: stream 0's stored steps
+        oldest first, then stream 1's, and so on (``size`` splits them), so the state grows with
+        what is stored, not with the capacity. Only numpy arrays: :meth:`save` writes it with
+        ``np.savez_compressed`` and :meth:`load` reads it with ``allow_pickle=False``.
+        """
+        env, ring = self._stored_index(self._pos, self._size, self.env_capacity)
+        state: dict[str, Any] = {k: v[env, ring] for k, v in self._data.items()}
         state.update(pos=self._pos.copy(), size=self._size.copy(), written=self._written.copy(),
-                     num_envs=self.num_envs,
-                     env_capacity=self.env_capacity, action_dim=self.action_dim,
-                     obs_shape=np.asarray(self.obs_shape))
+                     num_envs=self.num_envs, env_capacity=self.env_capacity,
+                     action_dim=self.action_dim, obs_shape=np.asarray(self.obs_shape),
+                     replay_version=_STATE_VERSION)
         return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore :meth:`state_dict` output; shapes must match this buffer."""
-        for key, expected in (("num_envs", self.num_envs), ("env_capacity", self.env_capacity),
-                              ("action_dim", self.action_dim)):
+        """Restore :meth:`state_dict` output (or the full-capacity layout of older lbwrap files).
+
+        ``num_envs``, ``action_dim`` and ``obs_shape`` must match this buffer. The capacity may
+        differ as long as every stream's stored steps fit: with the same capacity the ring is
+        restored exactly (write positions included, so sampling continues as it would have);
+        with another, each stream's steps are laid out oldest first from ring index 0.
+        """
+        for key, expected in (("num_envs", self.num_envs), ("action_dim", self.action_dim)):
             if int(state[key]) != expected:
                 raise ValueError(f"replay state has {key}={int(state[key])}, this buffer has "
                                  f"{expected}")
         if tuple(np.asarray(state["obs_shape"]).tolist()) != self.obs_shape:
             raise ValueError(f"replay state has obs_shape {tuple(state['obs_shape'])}, this "
                              f"buffer has {self.obs_shape}")
+        e = self.num_envs
+        pos = np.broadcast_to(np.asarray(state["pos"], np.int64), (e,)).copy()
+        size = np.broadcast_to(np.asarray(state["size"], np.int64), (e,)).copy()
+        written = np.broadcast_to(np.asarray(state.get("written", size), np.int64), (e,)).copy()
+        saved_capacity = int(state["env_capacity"])
+        if "replay_version" not in state:  # older files: the whole preallocated rings
+            if saved_capacity != self.env_capacity:
+                raise ValueError(f"replay state has env_capacity={saved_capacity}, this buffer "
+                                 f"has {self.env_capacity}")
+            for key in _FIELDS:
+                self._data[key][...] = state[key]
+            self._pos, self._size, self._written = pos, size, written
+            return
+        if int(state["replay_version"]) != _STATE_VERSION:
+            raise ValueError(f"replay state version {int(state['replay_version'])} is not "
+                             f"supported (this lbwrap reads version {_STATE_VERSION})")
+        if size.max() > self.env_capacity:
+            stream = int(size.argmax())
+            raise ValueError(
+                f"replay state holds {int(size.max())} steps in stream {stream}, this buffer "
+                f"holds at most {self.env_capacity} per stream (capacity {self.capacity} // "
+                f"num_envs {e}); build it with capacity >= {int(size.max()) * e}")
+        if (size.min() < 0 or size.max() > saved_capacity or pos.min() < 0
+                or pos.max() >= saved_capacity or np.any(written < size)):
+            raise ValueError(f"replay state is inconsistent: pos {pos.tolist()}, size "
+                             f"{size.tolist()}, written {written.tolist()}, env_capacity "
+                             f"{saved_capacity}")
+        total = int(size.sum())
+        rows: dict[str, np.ndarray] = {}
         for key in _FIELDS:
-            self._data[key][...] = state[key]
-        self._pos = np.broadcast_to(np.asarray(state["pos"], np.int64), (self.num_envs,)).copy()
-        self._size = np.broadcast_to(np.asarray(state["size"], np.int64), (self.num_envs,)).copy()
-        written = state.get("written", self._size)
-        self._written = np.broadcast_to(np.asarray(written, np.int64), (self.num_envs,)).copy()
+            arr = np.asarray(state[key])
+            expected = (total,) + self._data[key].shape[2:]
+            if arr.shape != expected:
+                raise ValueError(f"replay state field {key!r} has shape {arr.shape}, expected "
+                                 f"{expected} (sum of size {size.tolist()} rows)")
+            rows[key] = arr
+        if saved_capacity != self.env_capacity:
+            pos = size % self.env_capacity  # oldest step at ring index 0
+        for stream, old in enumerate(self._size):  # clear what this buffer held (only that:
+            for key in _FIELDS:                     # untouched pages of a big ring stay unmapped)
+                self._data[key][stream, :old] = 0
+        env, ring = self._stored_index(pos, size, self.env_capacity)
+        for key in _FIELDS:
+            self._data[key][env, ring] = rows[key]
+        self._pos, self._size, self._written = pos, size, written
+
+    def to_bytes(self) -> bytes:
+        """:meth:`state_dict` as the bytes of a compressed ``.npz`` (what :meth:`save` writes)."""
+        handle = io.BytesIO()
+        np.savez_compressed(handle, **self.state_dict())
+        return handle.getvalue()
+
+    def load_bytes(self, data: bytes | bytearray | memoryview | np.ndarray | torch.Tensor) -> None:
+        """Load :meth:`to_bytes` output (also as a uint8 array or tensor) into this buffer."""
+        if isinstance(data, torch.Tensor):
+            data = data.detach().cpu().numpy()
+        if isinstance(data, np.ndarray):
+            data = data.tobytes()
+        with np.load(io.BytesIO(bytes(data)), allow_pickle=False) as npz:
+            self.load_state_dict({k: npz[k] for k in npz.files})
 
     def save(self, path: str | os.PathLike) -> None:
-        """Atomically write the buffer to an uncompressed ``.npz`` file."""
+        """Atomically write the stored steps to a compressed ``.npz`` file (:meth:`state_dict`)."""
         path = os.fspath(path)
         directory = os.path.dirname(os.path.abspath(path))
         fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
                                    suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **self.state_dict())
+                np.savez_compressed(handle, **self.state_dict())
+                handle.flush()
+                os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -306,12 +384,18 @@ class SequenceReplay:
             raise
 
     @classmethod
-    def load(cls, path: str | os.PathLike, seed: int | None = None) -> SequenceReplay:
-        """Build a buffer from a file written by :meth:`save`."""
-        with np.load(os.fspath(path)) as data:
+    def load(cls, path: str | os.PathLike, seed: int | None = None,
+             capacity: int | None = None) -> SequenceReplay:
+        """Build a buffer from a file written by :meth:`save` (read with ``allow_pickle=False``).
+
+        ``capacity``: of the new buffer (all envs together); default: the saved one.
+        """
+        with np.load(os.fspath(path), allow_pickle=False) as data:
             state = {k: data[k] for k in data.files}
-        buf = cls(int(state["env_capacity"]) * int(state["num_envs"]),
-                  tuple(state["obs_shape"].tolist()), int(state["action_dim"]),
-                  int(state["num_envs"]), seed)
+        num_envs = int(state["num_envs"])
+        if capacity is None:
+            capacity = int(state["env_capacity"]) * num_envs
+        buf = cls(capacity, tuple(state["obs_shape"].tolist()), int(state["action_dim"]),
+                  num_envs, seed)
         buf.load_state_dict(state)
         return buf
