@@ -19,8 +19,11 @@ network's balanced accuracy on real transitions (EMA) must reach ``ready_accurac
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from collections.abc import Callable, Iterator
+import pickle
+import types
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -55,7 +58,10 @@ __all__ = ["IncompatibleCheckpointError", "LatentSafetyModel", "SafetyModelConfi
 ACTION_BARRIER_EPS = 2.0
 
 _FORMAT = "lbwrap.safety_model"
-_VERSION = 1
+_VERSION = 2
+#: Versions :meth:`LatentSafetyModel.load` reads. 1 differs from 2 only in its replay (a dict of
+#: numpy arrays, which ``weights_only=True`` refuses) and in not saving the gate's hysteresis flag.
+_READABLE_VERSIONS = (1, 2)
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -97,8 +103,8 @@ class SafetyModelConfig:
     ready_release_accuracy: float | None = None
     """Hysteresis of the gate: once open, it stays open while the accuracies stay at or above
     this (<= ``ready_accuracy``). ``None``: the gate closes as soon as they fall below
-    ``ready_accuracy``. Whether the gate was open is not saved: a loaded model opens it again
-    at ``ready_accuracy``."""
+    ``ready_accuracy``. Whether the gate was open is saved with the model (files of checkpoint
+    version 1 load it closed)."""
     ready_min_updates: int = 100
     """Barrier updates needed before shielding."""
     ready_min_unsafe: int = 50
@@ -177,6 +183,30 @@ def _seeded(seed: int | None) -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         yield
+
+
+class _ClassOnlyMethod:
+    """A classmethod that refuses calls on an instance (``safety.load(path)`` would return a new
+    model and leave ``safety`` as it was, which reads like loading into it)."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        self.__func__ = func
+        functools.update_wrapper(self, func)  # type: ignore[arg-type]
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Callable[..., Any]:
+        if instance is None:
+            return types.MethodType(self.__func__, owner)
+        cls_name, name = type(instance).__name__, self.__func__.__name__
+
+        @functools.wraps(self.__func__)
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise TypeError(
+                f"{cls_name}.{name}(path) builds and returns a new model; called on an "
+                f"instance it would leave that model unchanged. Use model = {cls_name}."
+                f"{name}(path) for a new model, or model.load_checkpoint(path) to load into "
+                "this one.")
+
+        return refuse
 
 
 class LatentSafetyModel(nn.Module):
@@ -452,7 +482,12 @@ class LatentSafetyModel(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def checkpoint(self, include_replay: bool = False) -> dict[str, Any]:
-        """Everything needed to resume: configs, weights, optimiser states, readiness counters."""
+        """Everything needed to resume: configs, weights, optimiser states, readiness counters.
+
+        Only what ``torch.load(weights_only=True)`` accepts (plain containers, numbers, strings,
+        tensors); the replay (``include_replay``) is the compressed ``.npz`` of its stored steps
+        (:meth:`SequenceReplay.to_bytes`) as a uint8 tensor.
+        """
         payload: dict[str, Any] = {
             "format": _FORMAT,
             "version": _VERSION,
@@ -464,20 +499,34 @@ class LatentSafetyModel(nn.Module):
             "state_dict": self.state_dict(),
             "world_model_trainer": self.wm_trainer.state_dict(),
             "barrier_trainer": self.barrier_trainer.state_dict(),
+            "gate_open": bool(self._gate_open),
         }
         if self.action_barrier_trainer is not None:
             payload["action_barrier_trainer"] = self.action_barrier_trainer.state_dict()
         if include_replay:
-            payload["replay"] = self.replay.state_dict()
+            payload["replay"] = torch.frombuffer(bytearray(self.replay.to_bytes()),
+                                                 dtype=torch.uint8)
         return payload
 
     def save(self, path: str | Path, include_replay: bool = False) -> None:
-        """Write :meth:`checkpoint` atomically (an existing file is only replaced on success)."""
+        """Write :meth:`checkpoint` atomically (an existing file is only replaced on success).
+
+        Trust: lbwrap reads its ``.pt`` files with ``torch.load(weights_only=True)`` (no code
+        runs), but SB3's ``agent.zip`` keeps some objects (e.g. schedules) in its ``data`` as
+        cloudpickle, which SB3 unpickles on load: only load ``agent.zip`` files you trust.
+        """
         atomic_torch_save(self.checkpoint(include_replay), path)
 
-    @classmethod
+    @_ClassOnlyMethod
     def load(cls, path: str | Path, device: str | torch.device = "auto") -> LatentSafetyModel:
-        """Rebuild a model (and its optimisers, and the replay if it was saved) from ``path``."""
+        """Rebuild a model (and its optimisers, and the replay if it was saved) from ``path``.
+
+        A class call (``LatentSafetyModel.load(path)``) returns a new model; called on an
+        instance it raises ``TypeError`` (use :meth:`load_checkpoint` to load into a model).
+        Trust: lbwrap reads its ``.pt`` files with ``torch.load(weights_only=True)`` (no code
+        runs), but SB3's ``agent.zip`` keeps some objects (e.g. schedules) in its ``data`` as
+        cloudpickle, which SB3 unpickles on load: only load ``agent.zip`` files you trust.
+        """
         payload = _read(path)
         config = SafetyModelConfig(**_config_dict(payload))
         model = cls(config, payload["action_low"], payload["action_high"],
@@ -508,8 +557,12 @@ class LatentSafetyModel(nn.Module):
         self.barrier_trainer.load_state_dict(payload["barrier_trainer"])
         if self.action_barrier_trainer is not None:
             self.action_barrier_trainer.load_state_dict(payload["action_barrier_trainer"])
-        if "replay" in payload:
-            self.replay.load_state_dict(payload["replay"])
+        self._gate_open = bool(payload.get("gate_open", False))  # absent in version 1
+        replay = payload.get("replay")
+        if isinstance(replay, torch.Tensor):
+            self.replay.load_bytes(replay)
+        elif isinstance(replay, Mapping):  # a version-1 replay dict (only built by hand now)
+            self.replay.load_state_dict(replay)
 
 
 def _action_barrier_differences(saved: ActionBarrierConfig | None,
@@ -539,8 +592,23 @@ def _read(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No safety-model checkpoint at {path}.")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+    try:  # weights_only: tensors and plain containers only, a crafted pickle runs no code
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = _unpickler_reason(exc)
+        if "Unsupported global" not in reason:  # not a pickle lbwrap could have written
+            raise IncompatibleCheckpointError(
+                f"{path} could not be read as an lbwrap safety-model checkpoint ({reason})."
+            ) from exc
+        raise IncompatibleCheckpointError(
+            f"{path} could not be read as an lbwrap safety-model checkpoint: it holds objects "
+            f"other than tensors and plain containers, which lbwrap refuses to unpickle ({reason})."
+            " Files saved with include_replay=True by lbwrap before checkpoint version 2 held "
+            "the replay as numpy arrays: if you trust such a file, load it once with "
+            "torch.load(path, weights_only=False), delete its 'replay' entry "
+            "(SequenceReplay.load_state_dict(payload['replay']) rebuilds the replay from it) and "
+            "torch.save the rest; this lbwrap reads that file and saves it in version 2."
+        ) from exc
     except Exception as exc:  # torch raises many types for foreign/corrupt files
         raise IncompatibleCheckpointError(
             f"{path} could not be read as an lbwrap safety-model checkpoint ({exc})."
@@ -549,12 +617,23 @@ def _read(path: str | Path) -> dict[str, Any]:
         raise IncompatibleCheckpointError(
             f"{path} is not an lbwrap safety-model checkpoint (saved with LatentSafetyModel.save)."
         )
-    if payload.get("version") != _VERSION:
+    if payload.get("version") not in _READABLE_VERSIONS:
         raise IncompatibleCheckpointError(
             f"{path} has safety-model checkpoint version {payload.get('version')}, this lbwrap "
-            f"reads version {_VERSION}."
+            f"reads versions {', '.join(map(str, _READABLE_VERSIONS))}: load it with the lbwrap "
+            "that saved it, or upgrade lbwrap."
         )
     return payload
+
+
+def _unpickler_reason(exc: BaseException) -> str:
+    """What torch's weights-only unpickler refused (without its advice to unpickle anyway)."""
+    text = " ".join(str(exc).split())
+    marker = "WeightsUnpickler error:"
+    if marker not in text:
+        return text.split(". ")[0] or type(exc).__name__
+    reason = text.split(marker, 1)[1].strip()
+    return reason.split(". ")[0].rstrip(".") or type(exc).__name__
 
 
 # ---------------------------------------------------------------------------------------------
