@@ -264,3 +264,56 @@ def test_settings_refuse_unknown_values():
                                  "observation_shape": [3, 8, 8], "colour": "red"})
     hwc = AgentSettings(mode="none", algorithm="SAC", shield=False, observation_shape=(8, 8, 3))
     assert not hwc.channel_first and AgentSettings.from_dict(hwc.to_dict()) == hwc
+
+
+def wrapper_stack_evaluation(built, episodes: int, seed_offset: int) -> dict[str, list]:
+    """The evaluation loop lbwrap used before SafePixelAgent: the training-time Gymnasium
+    wrappers (latent observation + shield) around the pixel env."""
+    out: dict[str, list] = {"returns": [], "costs": [], "violations": [], "interventions": []}
+    for k in range(episodes):
+        env = lbwrap.BarrierShield(lbwrap.LatentObservation(make_env(), built.safety),
+                                   built.safety)
+        obs, _ = env.reset(seed=seed_offset + k)
+        ret = cost = 0.0
+        viol = interventions = 0
+        done = False
+        while not done:
+            action, _ = built.agent.predict(obs, deterministic=True)
+            obs, reward, terminated, truncated, info = env.step(action)
+            ret += float(info.get("env_reward", reward))
+            cost += float(info["cost"])
+            viol += int(info["violations"])
+            interventions += int(info["shield_intervened"])
+            done = terminated or truncated
+        env.close()
+        for key, value in zip(out, (ret, cost, viol, interventions)):
+            out[key].append(value)
+    return out
+
+
+def test_evaluation_through_the_pixel_agent_matches_the_wrapper_stack(trained):
+    """lbwrap.eval acts through SafePixelAgent; its numbers equal the wrapper stack's."""
+    from lbwrap.eval import evaluate_agent, evaluate_pixel_agent
+
+    trained.safety.shield_filter.reset(0)
+    expected = wrapper_stack_evaluation(trained, episodes=2, seed_offset=77)
+    assert sum(expected["interventions"]) >= 10, "the shield must act in the compared episodes"
+    trained.safety.shield_filter.reset(0)
+    result = evaluate_agent(trained.agent, make_env, trained.safety, episodes=2, shield=True,
+                            seed_offset=77)
+    for key, values in expected.items():
+        np.testing.assert_allclose(getattr(result, key), values, rtol=1e-6, err_msg=key)
+    trained.safety.shield_filter.reset(0)
+    direct = evaluate_pixel_agent(trained.pixel_agent("lbwrap/PixelHazard-v0", ENV_KWARGS),
+                                  episodes=2, seed_offset=77)
+    assert direct.returns == result.returns and direct.interventions == result.interventions
+    with pytest.raises(ValueError, match="episodes must be >= 0"):
+        evaluate_pixel_agent(trained.pixel_agent(), episodes=-1)
+
+
+def test_settings_of_a_built_agent_describe_how_it_acts(trained):
+    settings = trained.settings("lbwrap/PixelHazard-v0", ENV_KWARGS)
+    assert settings == settings_for(trained)
+    plain = SafePixelAgent.from_training(trained.agent, trained.safety, shield=False)
+    assert plain.settings.observation_shape == (3, 32, 32) and plain.settings.mode == "none"
+    assert plain.settings.algorithm == "SAC"

@@ -4,7 +4,7 @@ reports (metrics CSV, plots, an evaluation-episode GIF); offline episodes for th
 
 from lbwrap.eval.barrier_accuracy import add_episodes, heldout_barrier_accuracy
 from lbwrap.eval.data_collection import COLLECTION_POLICIES, HazardVisitor, collect_episodes
-from lbwrap.eval.evaluate import EvalResult, evaluate_agent
+from lbwrap.eval.evaluate import EvalResult, evaluate_agent, evaluate_pixel_agent
 from lbwrap.eval.report import (
     METRICS_COLUMNS,
     EpisodeVideo,
@@ -30,6 +30,7 @@ __all__ = [
     "compare_runs",
     "compose_video_frame",
     "evaluate_agent",
+    "evaluate_pixel_agent",
     "heldout_barrier_accuracy",
     "plot_comparison",
     "plot_run",

@@ -10,9 +10,9 @@ import numpy as np
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from lbwrap.safety_model import LatentSafetyModel, ObservationScorer
-from lbwrap.wrappers import BarrierShield, LatentObservation
+from lbwrap.sb3.pixel_agent import SafePixelAgent
 
-__all__ = ["EVAL_SEED_OFFSET", "EvalResult", "evaluate_agent"]
+__all__ = ["EVAL_SEED_OFFSET", "EvalResult", "evaluate_agent", "evaluate_pixel_agent"]
 
 #: Evaluation layouts use reset seeds from here on; training envs are seeded below it.
 EVAL_SEED_OFFSET = 1_000_000
@@ -38,6 +38,49 @@ class EvalResult:
                 "interventions_mean": float(np.mean(self.interventions)) if self.interventions else 0.0}
 
 
+def evaluate_pixel_agent(
+    agent: SafePixelAgent,
+    make_env: Callable[[], gym.Env] | None = None,
+    episodes: int = 5,
+    seed_offset: int = EVAL_SEED_OFFSET,
+    deterministic: bool = True,
+) -> EvalResult:
+    """Run ``episodes`` episodes of a :class:`~lbwrap.sb3.SafePixelAgent` on raw pixel envs,
+    each on its own layout (reset seed ``seed_offset + k``), shielded as in training.
+
+    ``make_env``: builds the pixel env (default: ``agent.settings.make_env``, the training env).
+    Nothing is learned during evaluation.
+    """
+    if episodes < 0:
+        raise ValueError(f"episodes must be >= 0, got {episodes}")
+    make = make_env or agent.settings.make_env
+    result = EvalResult()
+    for k in range(episodes):
+        env = make()
+        obs, _ = env.reset(seed=seed_offset + k)
+        state = None
+        ret = cost = 0.0
+        viol = interventions = 0
+        done = False
+        while not done:
+            action, state = agent.predict(obs, state, episode_start=np.array([state is None]),
+                                          deterministic=deterministic)
+            obs, reward, terminated, truncated, info = env.step(action)
+            decision = agent.last_decision
+            ret += float(reward)
+            cost += float(info["cost"])
+            viol += int(info.get("violations", info["cost"] > 0))
+            interventions += int(decision is not None and bool(decision.intervened[0]))
+            done = terminated or truncated
+        env.close()
+        result.returns.append(ret)
+        result.costs.append(cost)
+        result.violations.append(viol)
+        result.interventions.append(interventions)
+        result.seeds.append(seed_offset + k)
+    return result
+
+
 def evaluate_agent(
     agent: BaseAlgorithm,
     make_env: Callable[[], gym.Env],
@@ -48,33 +91,17 @@ def evaluate_agent(
     deterministic: bool = True,
     action_scorer: ObservationScorer | None = None,
 ) -> EvalResult:
-    """Run ``episodes`` deterministic episodes, each on its own layout (reset seed offset + k).
+    """Evaluate an SB3 agent trained on the latent wrappers (:func:`evaluate_pixel_agent`).
 
-    The env is wrapped like training (latent observation, and the shield when ``shield``, with
-    ``action_scorer`` choosing substitutes as in training), with the same live safety model;
-    nothing is learned during evaluation.
+    The agent acts on pixels through :class:`~lbwrap.sb3.SafePixelAgent` with the same live
+    safety model (and the shield when ``shield``, with ``action_scorer`` choosing substitutes
+    as in training); ``make_env`` builds the pixel env.
     """
-    result = EvalResult()
-    for k in range(episodes):
-        env: gym.Env = LatentObservation(make_env(), safety)
-        if shield:
-            env = BarrierShield(env, safety, action_scorer=action_scorer)
-        obs, _ = env.reset(seed=seed_offset + k)
-        ret = cost = 0.0
-        viol = interventions = 0
-        done = False
-        while not done:
-            action, _ = agent.predict(obs, deterministic=deterministic)
-            obs, reward, terminated, truncated, info = env.step(action)
-            ret += float(info.get("env_reward", reward))
-            cost += float(info["cost"])
-            viol += int(info.get("violations", info["cost"] > 0))
-            interventions += int(bool(info.get("shield_intervened", False)))
-            done = terminated or truncated
-        env.close()
-        result.returns.append(ret)
-        result.costs.append(cost)
-        result.violations.append(viol)
-        result.interventions.append(interventions)
-        result.seeds.append(seed_offset + k)
-    return result
+    probe = make_env()
+    shape = tuple(probe.observation_space.shape)
+    probe.close()
+    pixel_agent = SafePixelAgent.from_training(agent, safety, shield=shield,
+                                               observation_shape=shape)
+    pixel_agent.action_scorer = action_scorer
+    return evaluate_pixel_agent(pixel_agent, make_env, episodes=episodes,
+                                seed_offset=seed_offset, deterministic=deterministic)

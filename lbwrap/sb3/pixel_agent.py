@@ -34,6 +34,7 @@ from lbwrap.safety_model import (
 from lbwrap.sb3.checkpoint import (
     AgentSettings,
     CheckpointSet,
+    algorithm_name,
     find_checkpoint,
     save_checkpoint_set,
 )
@@ -87,6 +88,28 @@ class SafePixelAgent:
         self.last_decision: ShieldDecision | None = None
         """What the shield did in the last ``predict`` call (None before the first, and
         without a shield)."""
+
+    @classmethod
+    def from_training(
+        cls,
+        agent: BaseAlgorithm,
+        safety: LatentSafetyModel,
+        shield: bool,
+        observation_shape: tuple[int, ...] | None = None,
+        mode: str | None = None,
+        shield_selection: str = "closest",
+        env_id: str | None = None,
+        env_kwargs: dict[str, Any] | None = None,
+    ) -> SafePixelAgent:
+        """Pair an agent trained on ``LatentObservation`` (+ ``BarrierShield`` when ``shield``)
+        with its safety model. ``observation_shape``: one pixel frame of the env (default: the
+        safety model's channel-first ``(C, H, W)``); ``env_id`` / ``env_kwargs``: how
+        ``lbwrap.make_pixel_env`` rebuilds the env (stored with the checkpoint)."""
+        settings = AgentSettings(
+            mode=mode or ("shield" if shield else "none"), algorithm=algorithm_name(agent),
+            shield=shield, observation_shape=observation_shape or safety.obs_shape,
+            shield_selection=shield_selection, env_id=env_id, env_kwargs=dict(env_kwargs or {}))
+        return cls(agent, safety, settings)
 
     # ------------------------------------------------------------------ persistence
     @classmethod

@@ -27,9 +27,11 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
 from lbwrap.safety_model import LatentSafetyModel, ObservationScorer
 from lbwrap.sb3.callback import CoTrainCallback
+from lbwrap.sb3.checkpoint import AgentSettings, algorithm_name
 from lbwrap.sb3.critic_scorer import critic_scorer
 from lbwrap.sb3.executed_actions import ExecutedActionRelabel
 from lbwrap.sb3.lagrangian import LagrangianLoggerCallback, VecLagrangianPenalty
+from lbwrap.sb3.pixel_agent import SafePixelAgent
 from lbwrap.sb3.policy import BarrierSAC
 from lbwrap.sb3.refresh import LatentRefresher
 from lbwrap.sb3.vec_wrappers import (
@@ -110,9 +112,30 @@ class SafeAgent:
     cotrain: CoTrainCallback
     callbacks: list[BaseCallback]
     recipe: AgentRecipe = field(default_factory=AgentRecipe)
+    pixel_shape: tuple[int, ...] = ()
+    """Shape of one pixel observation of the envs, before the latent wrapper."""
 
     def callback(self, *extra: BaseCallback) -> CallbackList:
         return CallbackList([*self.callbacks, *extra])
+
+    def settings(self, env_id: str | None = None,
+                 env_kwargs: dict[str, Any] | None = None) -> AgentSettings:
+        """How this agent acts on pixels (for checkpoints and :class:`SafePixelAgent`);
+        ``env_id`` / ``env_kwargs`` name the env (``lbwrap.make_pixel_env``) when it has an id."""
+        return AgentSettings(
+            mode=self.recipe.mode, algorithm=algorithm_name(self.agent),
+            shield=self.recipe.mode in SHIELD_MODES, observation_shape=self.pixel_shape,
+            shield_selection=self.recipe.shield_selection,
+            intervention_penalty=self.recipe.intervention_penalty,
+            reward_scale=self.recipe.reward_scale, env_id=env_id,
+            env_kwargs=dict(env_kwargs or {}))
+
+    def pixel_agent(self, env_id: str | None = None,
+                    env_kwargs: dict[str, Any] | None = None) -> SafePixelAgent:
+        """The agent with its safety model and settings, acting on raw pixels as in training
+        (same live models and shield scorer; save it with :meth:`SafePixelAgent.save`)."""
+        return SafePixelAgent(self.agent, self.safety, self.settings(env_id, env_kwargs),
+                              action_scorer=self.action_scorer)
 
     @property
     def action_scorer(self) -> ObservationScorer | None:
@@ -179,4 +202,4 @@ def build_safe_agent(
     if recipe.learn_from_executed:
         callbacks.append(ExecutedActionRelabel())
     return SafeAgent(agent=agent, env=stack, safety=safety, cotrain=cotrain, callbacks=callbacks,
-                     recipe=recipe)
+                     recipe=recipe, pixel_shape=tuple(venv.observation_space.shape))
