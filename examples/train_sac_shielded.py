@@ -17,10 +17,13 @@ Writes to ``--out-dir`` (default ``runs/<env>-<mode>-<seed>``): ``metrics.csv`` 
 ``plot_{return,cost,violations}.png``, ``plot_vs_reference.png`` (this run next to the
 committed plain-SAC reference run of the same env, preset and seed, where there is one, see
 ``examples/reference/``), ``episode.gif`` (camera | world-model reconstruction, B(z)
-underneath), ``agent.zip`` and ``safety_model.pt`` (at the end and every ``--checkpoint-every`` env
-steps), ``run_config.json``, ``run_state.json``, ``summary.json``, ``report.md`` and TensorBoard logs
-in ``tb/``. ``--resume`` continues from that folder's checkpoint with the saved settings (flags
-given explicitly override them; the ones that define the model or env must match).
+underneath), ``checkpoints/`` (one checkpoint set, replaced atomically at the end and every
+``--checkpoint-every`` env steps: agent, safety model, how the agent acts on pixels and the run
+state; ``lbwrap.SafePixelAgent.load(out_dir)`` loads it), ``run_config.json``, ``summary.json``,
+``report.md`` and TensorBoard logs in ``tb/``. ``--resume`` continues from that folder's
+checkpoint with the saved settings (flags given explicitly override them; the ones that define
+the model or env must match). Any error other than Ctrl-C is followed by a checkpoint attempt;
+weights that turn NaN/inf stop the run with the model named, leaving the last finite checkpoint.
 """
 
 from __future__ import annotations
@@ -132,13 +135,14 @@ class Args:
     """Deterministic evaluation episodes after training, each on its own held-out layout
     (quick: 5 on PixelHazard, 3 on other envs; paper 10)."""
     checkpoint_every: int | None = None
-    """Env steps between checkpoints (agent.zip, safety_model.pt); 0: only at the end
+    """Env steps between checkpoints (sets in checkpoints/); 0: only at the end
     (quick 10000, paper 50000)."""
     metrics_every: int | None = None
     """Env steps between metrics.csv rows (quick 1000, paper 5000)."""
     save_replay: bool = False
-    """Also save the replays (the safety model's pixel replay inside safety_model.pt, SAC's in
-    sac_replay.pkl), so a resumed run trains on the data collected so far."""
+    """Also save the replays in each checkpoint (the safety model's pixel replay inside
+    safety_model.pt, SAC's as sac_replay.npz; both only the stored steps, compressed), so a
+    resumed run trains on the data collected so far."""
     resume: bool = False
     """Continue the run in --out-dir from its checkpoint, up to --total-env-steps."""
     video_steps: int = 200
@@ -154,6 +158,28 @@ class Args:
     tiny: bool = False
     """Test-sized model: a tiny world model, barrier and SAC networks, and a readiness gate that
     opens after 10 barrier updates (so that short runs exercise the shield). For tests only."""
+    given: tyro.conf.Suppress[tuple[str, ...]] = ()
+    """Fields named on the command line (filled by :func:`cli`): with --resume, a flag given
+    explicitly overrides the saved run even when it repeats the default (``--no-save-replay``)."""
+
+
+def cli(argv: list[str] | None = None) -> Args:
+    """Parse the command line (``sys.argv[1:]`` by default), recording which flags were given."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = tyro.cli(Args, args=argv)
+    names = {f.name for f in dataclasses.fields(Args)}
+    given = set()
+    for token in argv:
+        if not token.startswith("--"):
+            continue
+        name = token[2:].split("=", 1)[0].replace("-", "_")
+        if name not in names and name.startswith("no_") and name[3:] in names:
+            name = name[3:]
+        if name in names:
+            given.add(name)
+    return dataclasses.replace(args, given=tuple(sorted(given)))
 
 
 # ------------------------------------------------------------------------------------ presets
@@ -191,6 +217,10 @@ QUICK_BUDGET: dict[str, tuple[int, int]] = {
     lbwrap.PIXEL_HAZARD_ID: (16_000, 5),
     "slow": (14_000, 3),
 }
+#: Sub-folder of --out-dir that holds the checkpoint sets (lbwrap.sb3.save_checkpoint_set).
+CHECKPOINTS = "checkpoints"
+#: Flags that act on one invocation only; --resume never takes them from the saved run.
+PER_INVOCATION = ("resume", "write_reference", "given")
 #: Settings that define the model or the env: a resumed run must keep them.
 IDENTITY = ("env_id", "mode", "size", "action_repeat", "level", "max_episode_steps", "num_envs",
             "tiny", "world_model", "shield_predictor")
@@ -207,14 +237,27 @@ def _is_builtin(env_id: str) -> bool:
 
 
 def resolve(args: Args, saved: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fill every unset field: explicit flag > saved run (``--resume``) > preset > default."""
-    explicit = {k: v for k, v in dataclasses.asdict(args).items() if v is not None}
-    base = dict(saved or {})
+    """Fill every unset field: explicit flag > saved run (``--resume``) > preset > default.
+
+    A field counts as explicit when it is set (not None), differs from its default, or was
+    named on the command line (``args.given``), so that a resumed run keeps its saved bools."""
+    explicit, fixed_defaults = {}, {}
+    for f in dataclasses.fields(Args):
+        value = getattr(args, f.name)
+        if f.default is not None and f.default is not dataclasses.MISSING:
+            fixed_defaults[f.name] = f.default
+            if value == f.default and f.name not in args.given:
+                continue
+        if value is not None:
+            explicit[f.name] = value
+    for name in PER_INVOCATION:
+        explicit[name] = getattr(args, name)
+    base = {k: v for k, v in (saved or {}).items() if k not in PER_INVOCATION}
     if saved is not None:  # runs saved before the action barrier existed used the prior
         base.setdefault("shield_predictor", "prior")
     preset = explicit.get("preset", base.get("preset", "quick"))
     env_id = explicit.get("env_id", base.get("env_id", DEFAULT_ENV_ID))
-    defaults: dict[str, Any] = dict(PRESETS[preset])
+    defaults: dict[str, Any] = {**fixed_defaults, **PRESETS[preset]}
     if preset == "quick":
         steps, episodes = QUICK_BUDGET.get(env_id, QUICK_BUDGET["slow"])
         defaults.update(total_env_steps=steps, eval_episodes=episodes)
@@ -353,25 +396,29 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def save_checkpoint(out_dir: Path, built: Any, recorder: Any, include_replay: bool) -> None:
-    """Write safety_model.pt, agent.zip (and the replays), then run_state.json, each atomically."""
-    built.safety.save(out_dir / "safety_model.pt", include_replay=include_replay)
-    tmp = out_dir / ".agent.tmp.zip"
-    built.agent.save(tmp)
-    os.replace(tmp, out_dir / "agent.zip")
-    if include_replay:
-        tmp = out_dir / ".sac_replay.tmp.pkl"
-        built.agent.save_replay_buffer(tmp)
-        os.replace(tmp, out_dir / "sac_replay.pkl")
+def pixel_settings(cfg: dict[str, Any], built: Any):
+    """How the trained agent acts on pixels (stored in each checkpoint set)."""
+    return built.settings(cfg["env_id"], dict(env_factory(cfg).keywords))
+
+
+def save_checkpoint(out_dir: Path, cfg: dict[str, Any], built: Any, recorder: Any) -> Path:
+    """Write agent, safety model, settings and run state as one set under ``out_dir/checkpoints``
+    (``lbwrap.sb3.save_checkpoint_set``: assembled aside, renamed into place, older sets removed)."""
+    from lbwrap.sb3 import save_checkpoint_set
+
     cot = built.cotrain
-    _write_json(out_dir / "run_state.json", {
+    run_state = {
         "agent_steps": int(built.agent.num_timesteps),
         "env_steps": int(recorder.env_steps),
         "recorder": recorder.state_dict(),
         "cotrain": {"cumulative_violations": cot.cumulative_violations,
                     "cumulative_cost": cot.cumulative_cost, "interventions": cot.interventions,
                     "shielded_steps": cot.shielded_steps},
-    })
+    }
+    saved = save_checkpoint_set(out_dir / CHECKPOINTS, built.agent, built.safety,
+                                pixel_settings(cfg, built), run_state=run_state,
+                                include_replay=cfg["save_replay"])
+    return saved.folder
 
 
 def make_checkpoint_callback(every: int, save: Any):
@@ -396,32 +443,73 @@ def make_checkpoint_callback(every: int, save: Any):
 
 
 def load_checkpoint(cfg: dict[str, Any], built: Any) -> dict[str, Any]:
-    """Load safety_model.pt and agent.zip from ``out_dir`` into ``built``; returns run_state."""
-    from stable_baselines3 import SAC
-
+    """Load the newest complete checkpoint set of ``out_dir`` into ``built``; returns its run
+    state (``RunMismatchError`` when it does not fit the run being resumed)."""
     from lbwrap.safety_model import IncompatibleCheckpointError
-    from lbwrap.sb3 import BarrierSAC
+    from lbwrap.sb3 import find_checkpoint
 
     out_dir: Path = cfg["out_dir"]
+    found = find_checkpoint(out_dir / CHECKPOINTS)
     try:
-        built.safety.load_checkpoint(out_dir / "safety_model.pt")
+        built.safety.load_checkpoint(found.safety_path)
     except (IncompatibleCheckpointError, RuntimeError) as exc:
         raise RunMismatchError(f"Cannot resume {out_dir}: {exc}") from exc
-    cls = BarrierSAC if cfg["mode"] in ("barrier", "barrier+shield") else SAC
+    expected = pixel_settings(cfg, built)
+    if found.settings.algorithm != expected.algorithm:
+        raise RunMismatchError(
+            f"Cannot resume {out_dir}: its checkpoint holds a {found.settings.algorithm} agent, "
+            f"mode {cfg['mode']} trains {expected.algorithm}")
     try:
-        agent = cls.load(out_dir / "agent.zip", env=built.env, device=cfg["device"],
-                         tensorboard_log=str(out_dir / "tb"),
-                         learning_starts=agent_steps(cfg, cfg["learning_starts"]),
-                         batch_size=cfg["batch_size"], buffer_size=cfg["buffer_size"])
+        agent = found.load_agent(env=built.env, device=cfg["device"], safety=built.safety,
+                                 tensorboard_log=str(out_dir / "tb"),
+                                 learning_starts=agent_steps(cfg, cfg["learning_starts"]),
+                                 batch_size=cfg["batch_size"], buffer_size=cfg["buffer_size"])
     except (ValueError, KeyError, RuntimeError) as exc:
-        raise RunMismatchError(f"Cannot resume {out_dir}: agent.zip does not fit ({exc})") from exc
-    if (out_dir / "sac_replay.pkl").exists():
-        agent.load_replay_buffer(out_dir / "sac_replay.pkl")
+        raise RunMismatchError(
+            f"Cannot resume {out_dir}: {found.agent_path} does not fit ({exc})") from exc
+    found.restore_shield_rng(built.safety)
     built.set_agent(agent)
-    state = json.loads((out_dir / "run_state.json").read_text())
+    state = found.run_state()
     for key, value in state.get("cotrain", {}).items():
         setattr(built.cotrain, key, value)
     return state
+
+
+def last_checkpoint(out_dir: Path) -> str:
+    """The newest complete checkpoint set of a run, in words."""
+    from lbwrap.sb3 import find_checkpoint
+
+    try:
+        found = find_checkpoint(out_dir / CHECKPOINTS)
+    except FileNotFoundError:
+        return "not saved (no checkpoint yet)"
+    return f"checkpoint {found.folder} (agent step {found.step}; continue with --resume)"
+
+
+def check_resumable(out_dir: Path) -> bool:
+    """Whether the run in ``out_dir`` has a checkpoint set to continue from (False: it stopped
+    before its first one, so it starts again); raises, naming the fix, when there is no run or
+    its checkpoints are unusable."""
+    from lbwrap.sb3 import find_checkpoint
+
+    if not (out_dir / "run_config.json").is_file():
+        raise FileNotFoundError(
+            f"--resume: {out_dir} holds no run (no run_config.json). Start the run without "
+            "--resume, or pass the --out-dir of an earlier run.")
+    if not (out_dir / CHECKPOINTS).is_dir() and (out_dir / "agent.zip").exists():
+        raise FileNotFoundError(
+            f"--resume: {out_dir} was written by an lbwrap before checkpoint sets (agent.zip and "
+            f"safety_model.pt at the top, no {CHECKPOINTS}/): evaluate its files with "
+            "lbwrap.eval.evaluate_agent, or start a new run in another --out-dir.")
+    if not (out_dir / CHECKPOINTS).exists():
+        return False  # stopped before its first checkpoint
+    try:
+        find_checkpoint(out_dir / CHECKPOINTS)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"--resume: {out_dir} holds no complete checkpoint ({exc}). Start the run "
+            "without --resume (in another --out-dir, or delete this one).") from exc
+    return True
 
 
 # ------------------------------------------------------------------------------------ main
@@ -439,38 +527,37 @@ def main(args: Args) -> dict[str, Any]:
         truncate_metrics,
     )
     from lbwrap.eval.evaluate import EVAL_SEED_OFFSET  # the recorded episode: first eval layout
+    from lbwrap.sb3 import NonFiniteGuard, NonFiniteWeightsError, check_finite, explain_nonfinite
     from lbwrap.sb3.recipes import SHIELD_MODES
 
-    torch.set_num_threads(max(1, args.threads))
     start = time.perf_counter()
     saved: dict[str, Any] | None = None
+    resuming = False  # loading a checkpoint (--resume of a run that has one)
     if args.resume:
         probe = resolve(args)  # only to find the folder
         out_dir = probe["out_dir"]
-        needed = ("run_config.json", "agent.zip", "safety_model.pt", "run_state.json")
-        missing = [n for n in needed if not (out_dir / n).exists()]
-        if missing:
-            raise FileNotFoundError(
-                f"--resume: {out_dir} holds no complete checkpoint (missing {', '.join(missing)}). "
-                "Start the run without --resume, or pass the --out-dir of an earlier run."
-            )
+        resuming = check_resumable(out_dir)
         saved = json.loads((out_dir / "run_config.json").read_text())
         cfg = resolve(args, saved)
         check_identity(cfg, saved, out_dir)
+        if not resuming:
+            print(f"{out_dir} holds no checkpoint yet (the run stopped before its first one): "
+                  "starting it again from step 0 with its saved settings")
     else:
         cfg = resolve(args)
         out_dir = cfg["out_dir"]
-        taken = [n for n in ("agent.zip", "safety_model.pt") if (out_dir / n).exists()]
+        taken = [n for n in (CHECKPOINTS, "agent.zip", "safety_model.pt") if (out_dir / n).exists()]
         if taken:
             raise FileExistsError(
                 f"{out_dir} already holds a run ({', '.join(taken)}): pass --resume to continue "
                 "it, or choose another --out-dir (or delete the folder)."
             )
     out_dir = cfg["out_dir"]
+    torch.set_num_threads(max(1, int(cfg["threads"])))
 
     built = build(cfg)
     state: dict[str, Any] = {}
-    if args.resume:
+    if resuming:
         try:
             state = load_checkpoint(cfg, built)
         except Exception:
@@ -478,36 +565,52 @@ def main(args: Args) -> dict[str, Any]:
             raise
     # nothing in out_dir was written before this point
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / "run_config.json", {k: v for k, v in cfg.items() if k != "out_dir"})
+    _write_json(out_dir / "run_config.json", {k: v for k, v in cfg.items() if k not in ("out_dir", "given")})
     metrics_csv = out_dir / "metrics.csv"
     agent = built.agent
     ar = cfg["action_repeat"]
-    if args.resume:
+    if resuming:
         truncate_metrics(metrics_csv, agent.num_timesteps * ar)
         built.env.seed(cfg["seed"] + int(agent.num_timesteps))  # fresh layouts, reproducibly
     recorder = MetricsRecorder(metrics_csv, built.safety, every=cfg["metrics_every"],
                                env_steps_per_step=ar, warmup_timesteps=agent.learning_starts,
-                               cotrain=built.cotrain, append=args.resume)
+                               cotrain=built.cotrain, append=resuming)
     if state:
         recorder.load_state_dict(state.get("recorder", {}))
 
     def save() -> None:
-        save_checkpoint(out_dir, built, recorder, cfg["save_replay"])
+        check_finite(built.agent, built.safety)  # never replace the last finite state
+        save_checkpoint(out_dir, cfg, built, recorder)
 
     checkpoint = make_checkpoint_callback(agent_steps(cfg, cfg["checkpoint_every"]), save)
+    guard = NonFiniteGuard(built.safety, check_every=max(1, agent_steps(cfg, cfg["metrics_every"])))
     target = agent_steps(cfg, cfg["total_env_steps"])
     remaining = target - int(agent.num_timesteps)
     print(f"{cfg['env_id']} | mode {cfg['mode']} | preset {cfg['preset']} | "
-          f"{cfg['total_env_steps']} env steps ({'resuming at ' + str(agent.num_timesteps * ar) if args.resume else 'new run'})"
+          f"{cfg['total_env_steps']} env steps ({'resuming at ' + str(agent.num_timesteps * ar) if resuming else 'new run'})"
           f" | out {out_dir}")
     interrupted = False
     if remaining > 0:
         try:
-            agent.learn(remaining, callback=built.callback(recorder, checkpoint),
-                        progress_bar=cfg["progress"], reset_num_timesteps=not args.resume,
-                        tb_log_name="sac")
+            with explain_nonfinite(built.agent, built.safety):
+                agent.learn(remaining, callback=built.callback(recorder, guard, checkpoint),
+                            progress_bar=cfg["progress"], reset_num_timesteps=not resuming,
+                            tb_log_name="sac")
         except KeyboardInterrupt:
             interrupted = True
+        except NonFiniteWeightsError:
+            built.env.close()
+            print(f"stopped: non-finite weights; the last finite state is {last_checkpoint(out_dir)}")
+            raise
+        except Exception:  # keep what was learned, then let the error through
+            try:
+                save()
+                print(f"checkpoint saved at agent step {agent.num_timesteps} after the error "
+                      "below; fix it and continue with --resume")
+            except Exception as save_exc:  # noqa: BLE001 - the original error matters more
+                print(f"the checkpoint after the error failed too ({save_exc!r})")
+            built.env.close()
+            raise
         save()
     train_s = time.perf_counter() - start
 
@@ -522,9 +625,9 @@ def main(args: Args) -> dict[str, Any]:
     if comparison:
         pngs.append(str(out_dir / "plot_vs_reference.png"))
     video = None
-    if args.video_steps > 0 and not interrupted:
+    if cfg["video_steps"] > 0 and not interrupted:
         video = record_episode_video(agent, make_env, built.safety, out_dir / "episode.gif",
-                                     shield=shield, seed=EVAL_SEED_OFFSET, max_steps=args.video_steps)
+                                     shield=shield, seed=EVAL_SEED_OFFSET, max_steps=cfg["video_steps"])
     built.env.close()
     wall = time.perf_counter() - start
     summary: dict[str, Any] = {
@@ -536,6 +639,8 @@ def main(args: Args) -> dict[str, Any]:
         "shield_active_steps": recorder.shield_active_steps,
         "barrier_ready": bool(built.safety.ready),
         "barrier_accuracy_ema": float(built.safety.accuracy_ema),
+        "skipped_updates": built.safety.skipped_updates,
+        "checkpoint": last_checkpoint(out_dir),
         "eval": ev, "interrupted": interrupted,
         "wall_s_session": wall, "train_wall_s_session": train_s,
         "train_wall_s_total": recorder.wall_s,
@@ -543,7 +648,7 @@ def main(args: Args) -> dict[str, Any]:
         "video": str(video.path) if video else None,
     }
     _write_json(out_dir / "summary.json", summary)
-    if args.write_reference and not interrupted:
+    if cfg["write_reference"] and not interrupted:
         write_reference(cfg, out_dir, command_line(args))
     report = write_report(out_dir, summary)
     summary["report"] = str(report)
@@ -567,7 +672,7 @@ def command_line(args: Args) -> str:
     parts = ["python examples/train_sac_shielded.py"]
     for f in dataclasses.fields(Args):
         value = getattr(args, f.name)
-        if value == f.default:
+        if f.name == "given" or value == f.default:
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(value, bool):
@@ -633,7 +738,10 @@ def write_report(out_dir: Path, s: dict[str, Any]) -> Path:
     if ev:
         lines.append(f"* evaluation ({ev['episodes']} held-out layouts): return {_ms(ev, 'return')}, "
                      f"cost {_ms(ev, 'cost', '.1f')}, violations {_ms(ev, 'violations', '.1f')}")
-    lines += [f"* training wall time: {s['train_wall_s_total']:.0f} s", ""]
+    skipped = ", ".join(f"{k} {v}" for k, v in s["skipped_updates"].items())
+    lines += [f"* updates skipped for a NaN/inf loss or gradient: {skipped}",
+              f"* {s['checkpoint']}",
+              f"* training wall time: {s['train_wall_s_total']:.0f} s", ""]
     if s.get("vs_reference"):
         lines += [f"**Against the committed reference run:** {s['vs_reference']}.", "",
                   "![vs reference](plot_vs_reference.png)", ""]
@@ -667,4 +775,4 @@ def print_summary(s: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    main(tyro.cli(Args))
+    main(cli())

@@ -331,6 +331,25 @@ class LatentSafetyModel(nn.Module):
         return self.config.world_model.action_dim
 
     @property
+    def skipped_updates(self) -> dict[str, int]:
+        """Updates skipped so far because their loss or gradient norm was NaN/inf, per model
+        (``world_model``, ``barrier`` and, when present, ``action_barrier``); kept in checkpoints."""
+        out = {"world_model": int(self.wm_trainer.num_skipped),
+               "barrier": int(self.barrier_trainer.nonfinite_skipped)}
+        if self.action_barrier_trainer is not None:
+            out["action_barrier"] = int(self.action_barrier_trainer.nonfinite_skipped)
+        return out
+
+    def nonfinite_modules(self) -> list[str]:
+        """Names of the models (``world_model``, ``barrier``, ``action_barrier``) holding a NaN
+        or inf weight; empty when all are finite."""
+        models = {"world_model": self.world_model, "barrier": self.barrier,
+                  "action_barrier": self.action_barrier}
+        return [name for name, module in models.items()
+                if module is not None and not all(bool(torch.isfinite(p).all())
+                                                  for p in module.parameters())]
+
+    @property
     def num_updates(self) -> int:
         """Calls of :meth:`update`'s inner step so far (world model + barriers); kept in checkpoints."""
         return int(self.wm_trainer.num_updates)

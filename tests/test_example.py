@@ -14,7 +14,6 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 import pytest
-import tyro
 
 import lbwrap
 from lbwrap.eval import (
@@ -50,7 +49,7 @@ def tiny_argv(out_dir: Path, *extra: str) -> list[str]:
 
 
 def run(example, argv: list[str]) -> dict:
-    return example.main(tyro.cli(example.Args, args=argv))
+    return example.main(example.cli(argv))
 
 
 def digests(folder: Path) -> dict[str, str]:
@@ -62,14 +61,15 @@ def test_train_resume_and_refuse_mismatch(example, tmp_path):
     from stable_baselines3 import SAC
 
     from lbwrap.safety_model import LatentSafetyModel
+    from lbwrap.sb3 import SafePixelAgent, find_checkpoint, save_checkpoint_set
 
     out = tmp_path / "run"
     summary = run(example, tiny_argv(out))
 
     # outputs
     for name in ("metrics.csv", "plot_return.png", "plot_cost.png", "plot_violations.png",
-                 "episode.gif", "agent.zip", "safety_model.pt", "run_config.json",
-                 "run_state.json", "summary.json", "report.md"):
+                 "episode.gif", "run_config.json", "summary.json", "report.md",
+                 "checkpoints/latest"):
         assert (out / name).is_file(), name
     assert any((out / "tb").rglob("events.out.tfevents*"))
     with open(out / "metrics.csv", newline="") as f:
@@ -78,11 +78,19 @@ def test_train_resume_and_refuse_mismatch(example, tmp_path):
     assert m["env_steps"][-1] == 600 and np.all(np.diff(m["env_steps"]) > 0)
     assert m["cum_violations"][-1] == summary["train_violations"]
     assert m["warmup_violations"][-1] <= m["cum_violations"][-1]
+    assert m["world_model_skipped"][-1] == summary["skipped_updates"]["world_model"] == 0
     frames = imageio.mimread(out / "episode.gif")
     assert len(frames) > 2 and frames[0].shape[1] > 2 * 32 * 3  # side by side, upscaled
-    assert SAC.load(out / "agent.zip").num_timesteps == 300
-    LatentSafetyModel.load(out / "safety_model.pt", device="cpu")
+    found = find_checkpoint(out)
+    assert found.step == 300 and found.run_state()["env_steps"] == 600
+    assert found.settings.env_kwargs == {"size": 32, "action_repeat": 2, "level": 1,
+                                         "max_episode_steps": 200}
+    assert SAC.load(found.agent_path).num_timesteps == 300
     assert summary["agent_steps"] == 300 and summary["eval"]["episodes"] == 2
+    assert "agent step 300" in summary["checkpoint"]
+    assert "skipped for a NaN/inf" in (out / "report.md").read_text()
+    loaded = SafePixelAgent.load(out, device="cpu")
+    assert loaded.settings.shield and loaded.safety.ready == summary["barrier_ready"]
 
     # a second plain start must not overwrite the run
     before = digests(out)
@@ -91,10 +99,12 @@ def test_train_resume_and_refuse_mismatch(example, tmp_path):
     assert digests(out) == before
 
     # resume: the saved settings are reused, only the budget grows
-    resumed = run(example, ["--out-dir", str(out), "--resume", "--tiny", "--total-env-steps", "1000",
+    resumed = run(example, ["--out-dir", str(out), "--resume", "--total-env-steps", "1000",
                             "--no-progress", "--video-steps", "0", "--eval-episodes", "1"])
     assert resumed["agent_steps"] == 500 and resumed["env_steps"] == 1000
-    assert SAC.load(out / "agent.zip").num_timesteps == 500
+    assert find_checkpoint(out).step == 500
+    sets = sorted(p.name for p in (out / "checkpoints").iterdir())  # older sets are removed
+    assert len(sets) == 2 and sets[0] == "latest" and sets[1].startswith("step-0000000500")
     m2 = read_metrics(out / "metrics.csv")
     assert len(m2["env_steps"]) > len(m["env_steps"]) and m2["env_steps"][-1] == 1000
     np.testing.assert_array_equal(m2["env_steps"][: len(m["env_steps"])], m["env_steps"])
@@ -104,29 +114,67 @@ def test_train_resume_and_refuse_mismatch(example, tmp_path):
     # a checkpoint that does not fit the request: clear error, nothing touched
     before = digests(out)
     with pytest.raises(example.RunMismatchError, match="size: checkpoint 32, now 64"):
-        run(example, ["--out-dir", str(out), "--resume", "--tiny", "--size", "64",
+        run(example, ["--out-dir", str(out), "--resume", "--size", "64",
                       "--total-env-steps", "2000", "--no-progress"])
     with pytest.raises(example.RunMismatchError, match="mode"):
-        run(example, ["--out-dir", str(out), "--resume", "--tiny", "--mode", "barrier",
-                      "--no-progress"])
+        run(example, ["--out-dir", str(out), "--resume", "--mode", "barrier", "--no-progress"])
+    with pytest.raises(example.RunMismatchError, match="tiny: checkpoint True, now False"):
+        run(example, ["--out-dir", str(out), "--resume", "--no-tiny", "--no-progress"])
     assert digests(out) == before
 
-    # a foreign safety model in the folder (other world-model sizes): refused, folder intact
+    # a set whose safety model has other sizes: refused, folder intact
     other = tmp_path / "other"
     shutil.copytree(out, other)
     foreign = LatentSafetyModel.for_env(
         lbwrap.make_pixel_env("lbwrap/PixelHazard-v0", size=32), device="cpu", replay_capacity=1000,
         world_model_overrides={**example.TINY_WORLD_MODEL, "stoch_dim": 6})
-    foreign.save(other / "safety_model.pt")
+    saved = find_checkpoint(other)
+    save_checkpoint_set(other / "checkpoints", SAC.load(saved.agent_path), foreign, saved.settings,
+                        run_state=saved.run_state())
     before = digests(other)
     with pytest.raises(example.RunMismatchError, match="stoch_dim"):
-        run(example, ["--out-dir", str(other), "--resume", "--tiny", "--total-env-steps", "2000",
+        run(example, ["--out-dir", str(other), "--resume", "--total-env-steps", "2000",
                       "--no-progress"])
     assert digests(other) == before
 
-    # --resume without a checkpoint
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+    # --resume without a run; a damaged set; a run from before checkpoint sets
+    with pytest.raises(FileNotFoundError, match="holds no run"):
         run(example, ["--out-dir", str(tmp_path / "empty"), "--resume", "--no-progress"])
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    (find_checkpoint(damaged).agent_path).write_bytes(b"truncated")
+    with pytest.raises(FileNotFoundError, match="agent.zip does not match its checksum"):
+        run(example, ["--out-dir", str(damaged), "--resume", "--no-progress"])
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    shutil.copy(out / "run_config.json", legacy)
+    shutil.copy(find_checkpoint(out).agent_path, legacy)
+    with pytest.raises(FileNotFoundError, match="before checkpoint sets"):
+        run(example, ["--out-dir", str(legacy), "--resume", "--no-progress"])
+
+
+def test_resume_before_the_first_checkpoint_starts_the_run_again(example, tmp_path, monkeypatch):
+    """A run killed before its first checkpoint left only run_config.json and part of
+    metrics.csv: --resume starts it again from step 0 with its saved settings."""
+    out = tmp_path / "run"
+    calls = {"n": 0}
+
+    def fail_first_save(*args, **kwargs):
+        calls["n"] += 1
+        raise KeyboardInterrupt  # stands in for a kill before anything was saved
+
+    real_save = example.save_checkpoint
+    monkeypatch.setattr(example, "save_checkpoint", fail_first_save)
+    with pytest.raises(KeyboardInterrupt):
+        run(example, tiny_argv(out, "--total-env-steps", "400", "--checkpoint-every", "200"))
+    monkeypatch.setattr(example, "save_checkpoint", real_save)
+    assert calls["n"] >= 1 and not (out / "checkpoints").exists()
+    assert (out / "run_config.json").is_file()
+    resumed = run(example, ["--out-dir", str(out), "--resume", "--video-steps", "0",
+                            "--eval-episodes", "0"])
+    assert resumed["agent_steps"] == 200 and resumed["env_steps"] == 400
+    m = read_metrics(out / "metrics.csv")
+    assert m["env_steps"][0] == 0 and np.all(np.diff(m["env_steps"]) > 0)
 
 
 def test_presets_and_explicit_flags(example):
@@ -249,3 +297,85 @@ def test_subproc_envs(example, tmp_path):
                                      "--eval-episodes", "1"))
     assert summary["agent_steps"] >= 300
     assert read_metrics(tmp_path / "sub" / "metrics.csv")["env_steps"][-1] == summary["env_steps"]
+
+
+def test_resume_keeps_every_saved_setting_not_given_again(example, tmp_path):
+    """Each kind of flag (int, float, str, Literal, bool, Path-free defaults) keeps its saved
+    value on --resume unless named on the command line, even when named with its default."""
+    saved = example.resolve(example.cli([
+        "--env-id", "lbwrap/PixelHazard-v0", "--tiny", "--save-replay", "--no-progress",
+        "--batch-size", "64", "--reward-scale", "3.5", "--ent-coef", "0.2",
+        "--shield-selection", "critic", "--video-steps", "7", "--threads", "2",
+        "--device", "cpu", "--out-dir", str(tmp_path)]))
+    saved = {k: v for k, v in saved.items() if k != "out_dir"}
+    cfg = example.resolve(example.cli(["--resume", "--out-dir", str(tmp_path)]), saved)
+    for key, value in {"tiny": True, "save_replay": True, "progress": False, "batch_size": 64,
+                       "reward_scale": 3.5, "ent_coef": "0.2", "shield_selection": "critic",
+                       "video_steps": 7, "threads": 2, "device": "cpu",
+                       "env_id": "lbwrap/PixelHazard-v0"}.items():
+        assert cfg[key] == value, key
+    again = example.resolve(example.cli([
+        "--resume", "--out-dir", str(tmp_path), "--no-save-replay", "--progress",
+        "--batch-size", "32", "--reward-scale", "1.0", "--ent-coef", "auto",
+        "--shield-selection", "closest", "--video-steps", "200", "--threads", "1",
+        "--device", "auto"]), saved)
+    for key, value in {"save_replay": False, "progress": True, "batch_size": 32,
+                       "reward_scale": 1.0, "ent_coef": "auto", "shield_selection": "closest",
+                       "video_steps": 200, "threads": 1, "device": "auto"}.items():
+        assert again[key] == value, key
+    # per-invocation flags are never inherited
+    assert example.resolve(example.cli(["--resume", "--out-dir", str(tmp_path)]),
+                           {**saved, "write_reference": True})["write_reference"] is False
+    assert example.cli(["--no-tiny"]).given == ("tiny",)
+
+
+def test_nonfinite_weights_stop_the_run_naming_the_model_and_keep_the_last_finite_set(
+        example, tmp_path, monkeypatch):
+    import torch
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from lbwrap.sb3 import NonFiniteWeightsError, find_checkpoint, nonfinite_models
+    from lbwrap.sb3.recipes import SafeAgent
+
+    class Poison(BaseCallback):
+        """Turns one barrier weight into NaN at agent step 250 (after the set at 200)."""
+
+        def _on_step(self) -> bool:
+            if self.num_timesteps == 250:
+                safety = self.locals["callback"].callbacks[0].safety
+                with torch.no_grad():
+                    next(safety.barrier.parameters()).view(-1)[0] = float("nan")
+            return True
+
+    original = SafeAgent.callback
+    monkeypatch.setattr(SafeAgent, "callback", lambda self, *extra: original(self, *extra, Poison()))
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteWeightsError, match=r"safety\.barrier") as info:
+        run(example, tiny_argv(out, "--checkpoint-every", "400", "--metrics-every", "50"))
+    assert info.value.models == ["safety.barrier"]
+    found = find_checkpoint(out)
+    assert found.step == 200  # the last finite state stays the newest set
+    from lbwrap.sb3 import SafePixelAgent
+
+    loaded = SafePixelAgent.load(out, device="cpu")
+    assert nonfinite_models(loaded.agent, loaded.safety) == []
+
+
+def test_an_error_during_training_is_followed_by_a_checkpoint(example, tmp_path, monkeypatch):
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from lbwrap.sb3 import find_checkpoint
+    from lbwrap.sb3.recipes import SafeAgent
+
+    class Fail(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps == 130:
+                raise RuntimeError("disk full (simulated)")
+            return True
+
+    original = SafeAgent.callback
+    monkeypatch.setattr(SafeAgent, "callback", lambda self, *extra: original(self, *extra, Fail()))
+    out = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="disk full"):
+        run(example, tiny_argv(out))
+    assert find_checkpoint(out).step == 130

@@ -65,6 +65,9 @@ METRICS_COLUMNS: tuple[str, ...] = (
     "barrier_bal_acc_real",   # last balanced accuracy of sign(B) on real labelled states
     "barrier_acc_ema",        # its EMA (what the readiness gate reads)
     "ready",                  # 1 when the barrier is trusted (shield / barrier term on)
+    "world_model_skipped",    # world-model updates skipped so far (NaN/inf loss or gradient)
+    "barrier_skipped",        # barrier updates skipped so far (NaN/inf loss or gradient)
+    "action_barrier_skipped",  # action-barrier updates skipped so far (0 without one)
 )
 
 
@@ -211,6 +214,8 @@ class MetricsRecorder(BaseCallback):
             if self.returns:
                 self.logger.record("rollout/ep_env_return_mean", float(np.mean(self.returns)))
             self.logger.record("safety/warmup_violations", self.warmup_violations)
+            for name, count in self._skipped().items():
+                self.logger.record(f"safety/{name}_updates", count)
         if self.env_steps // self.every > self.last_row_env_steps // self.every:
             self.write_row()
         return True
@@ -244,7 +249,13 @@ class MetricsRecorder(BaseCallback):
             "barrier_bal_acc_real": float(m.get("barrier/balanced_accuracy_real", nan)),
             "barrier_acc_ema": ema,
             "ready": int(bool(self.safety.ready)),
+            **self._skipped(),
         }
+
+    def _skipped(self) -> dict[str, int]:
+        skipped = getattr(self.safety, "skipped_updates", {})
+        return {f"{name}_skipped": int(skipped.get(name, 0))
+                for name in ("world_model", "barrier", "action_barrier")}
 
     def write_row(self) -> None:
         """Append the current row to the CSV file now."""

@@ -14,6 +14,13 @@ from lbwrap.sb3.checkpoint import (
 )
 from lbwrap.sb3.critic_scorer import critic_scorer
 from lbwrap.sb3.executed_actions import ExecutedActionRelabel
+from lbwrap.sb3.guard import (
+    NonFiniteGuard,
+    NonFiniteWeightsError,
+    check_finite,
+    explain_nonfinite,
+    nonfinite_models,
+)
 from lbwrap.sb3.lagrangian import (
     LagrangianLoggerCallback,
     VecLagrangianPenalty,
@@ -40,6 +47,8 @@ __all__ = [
     "ExecutedActionRelabel",
     "LagrangianLoggerCallback",
     "LatentRefresher",
+    "NonFiniteGuard",
+    "NonFiniteWeightsError",
     "PixelAgentState",
     "SafePixelAgent",
     "VecBarrierPenalty",
@@ -48,9 +57,12 @@ __all__ = [
     "VecLatentObservation",
     "VecRewardScale",
     "barrier_actor_loss",
+    "check_finite",
     "critic_scorer",
+    "explain_nonfinite",
     "find_checkpoint",
     "find_vec_lagrangian",
     "find_vec_latent",
+    "nonfinite_models",
     "save_checkpoint_set",
 ]
