@@ -270,6 +270,15 @@ def test_truncate_metrics_and_plot(tmp_path):
     assert truncate_metrics(path, 300) == 2
     assert truncate_metrics(path, 300) == 0
     assert list(read_metrics(path)["env_steps"]) == [100, 200, 300]
+    # a row cut off by a kill: no line end (even if its first columns are complete)
+    with open(path, "a") as f:
+        f.write("400,200,1.5,3,0.5")
+    assert truncate_metrics(path, 10_000) == 1
+    assert path.read_text().endswith("\n")
+    with open(path, "a") as f:  # a complete line with too few columns
+        f.write("400,200\n")
+    assert truncate_metrics(path, 10_000) == 1
+    assert list(read_metrics(path)["env_steps"]) == [100, 200, 300]
     pngs = plot_run(path, tmp_path / "p")
     assert [p.name for p in pngs] == ["p_return.png", "p_cost.png", "p_violations.png"]
     assert all(p.stat().st_size > 1000 for p in pngs)

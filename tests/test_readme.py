@@ -26,17 +26,20 @@ def test_quickstart_snippet_runs():
 
 
 def test_save_load_evaluate_snippet_runs(tmp_path, monkeypatch, capsys):
-    """The quick start's second block continues the first: save, load, evaluate."""
-    monkeypatch.chdir(tmp_path)  # the snippet writes agent.zip and safety_model.pt
+    """The quick start's second block continues the first: save one set, load it, evaluate on
+    pixels with SB3's evaluate_policy and lbwrap's evaluation."""
+    monkeypatch.chdir(tmp_path)  # the snippet writes my-run/checkpoints
     code = snippet("snippet:quickstart").replace("agent.learn(100_000", "agent.learn(300")
     follow = snippet("snippet:save-load")
-    assert "episodes=5" in follow
+    assert follow.count("n_eval_episodes=5") == 1 and follow.count("episodes=5") == 2
     follow = follow.replace("episodes=5", "episodes=1")
     namespace: dict = {}
     exec(compile(code + follow, "README.md", "exec"), namespace)  # noqa: S102
-    assert (tmp_path / "agent.zip").is_file() and (tmp_path / "safety_model.pt").is_file()
-    assert namespace["result"].summary()["episodes"] == 1
-    assert "return_mean" in capsys.readouterr().out
+    assert (tmp_path / "my-run" / "checkpoints" / "latest").is_file()
+    loaded = namespace["agent"]
+    assert type(loaded).__name__ == "SafePixelAgent" and loaded.settings.shield
+    out = capsys.readouterr().out
+    assert "return_mean" in out and "violations_mean" in out
 
 
 def test_offline_data_snippet_runs(capsys):

@@ -290,21 +290,26 @@ def read_metrics(metrics_csv: str | Path) -> dict[str, np.ndarray]:
 
 
 def truncate_metrics(metrics_csv: str | Path, max_env_steps: int) -> int:
-    """Drop rows logged after ``max_env_steps`` (e.g. after the checkpoint a run resumes from).
+    """Drop rows logged after ``max_env_steps`` (e.g. after the checkpoint a run resumes from),
+    and a last row that a killed process left half-written (no line end, or too few columns).
 
     Rewrites the file atomically; returns the number of rows dropped (0: file untouched).
     """
     path = Path(metrics_csv)
     if not path.exists():
         return 0
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
+    text = path.read_text()
+    partial = 0
+    if text and not text.endswith("\n"):  # the write of the last row was cut off
+        text = text[: text.rfind("\n") + 1]
+        partial = 1
+    rows = list(csv.reader(text.splitlines()))
     if not rows:
         return 0
     header, body = rows[0], [r for r in rows[1:] if r]
     k = header.index("env_steps") if "env_steps" in header else 0
-    kept = [r for r in body if float(r[k]) <= max_env_steps]
-    dropped = len(body) - len(kept)
+    kept = [r for r in body if len(r) == len(header) and float(r[k]) <= max_env_steps]
+    dropped = len(body) - len(kept) + partial
     if dropped:
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w", newline="") as f:

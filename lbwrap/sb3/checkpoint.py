@@ -19,11 +19,10 @@ leftovers of interrupted saves are removed. A reader therefore never mixes files
 :func:`find_checkpoint` takes the set ``latest`` names if its checksums verify, else the newest
 set that verifies, so a kill at any moment loses at most the save in progress.
 
-Trust: the manifest, the generator state and the agent's replay are read without executing
-code (JSON, ``torch.load(weights_only=True)``, ``np.load(allow_pickle=False)``);
-``safety_model.pt`` is read by :meth:`~lbwrap.safety_model.LatentSafetyModel.load` and
-``agent.zip`` by SB3, whose zip keeps some objects (e.g. schedules) as cloudpickle data, so only
-load checkpoints you trust.
+Trust: the manifest, ``safety_model.pt`` (with its replay), the generator state and the agent's
+replay are read without executing code (JSON, ``torch.load(weights_only=True)``,
+``np.load(allow_pickle=False)``); ``agent.zip`` is read by SB3, whose zip keeps some objects
+(e.g. schedules) as cloudpickle data that SB3 unpickles, so only load checkpoints you trust.
 """
 
 from __future__ import annotations
