@@ -677,6 +677,20 @@ class ShieldDecision:
     feasible: np.ndarray
     """(N,) bool: the executed action meets the barrier condition (True when inactive)."""
 
+    def info(self, i: int) -> dict[str, Any]:
+        """What the shield wrappers put into env ``i``'s step ``info``: ``shield_active``,
+        ``shield_intervened``, ``executed_action`` and, only while the shield is active,
+        ``barrier_now`` / ``barrier_next_proposed`` / ``barrier_next_executed`` (left out rather
+        than NaN, so that infos compare equal to themselves, as Gymnasium's checks expect)."""
+        out: dict[str, Any] = {"shield_active": bool(self.active),
+                               "shield_intervened": bool(self.intervened[i]),
+                               "executed_action": self.executed[i]}
+        if self.active:
+            out.update(barrier_now=float(self.b_now[i]),
+                       barrier_next_proposed=float(self.b_next_proposed[i]),
+                       barrier_next_executed=float(self.b_next_executed[i]))
+        return out
+
 
 #: ``scorer(observations, candidates) -> scores`` rates candidate actions (m, K, A) at the
 #: observations (m, ...) the agent saw (numpy, as the env returned them); scores (m, K), higher

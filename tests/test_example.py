@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -91,6 +92,15 @@ def test_train_resume_and_refuse_mismatch(example, tmp_path):
     assert "skipped for a NaN/inf" in (out / "report.md").read_text()
     loaded = SafePixelAgent.load(out, device="cpu")
     assert loaded.settings.shield and loaded.safety.ready == summary["barrier_ready"]
+    # the run folder, in a fresh process: SB3's evaluate_policy on the raw pixel env
+    code = ("import sys; from stable_baselines3.common.evaluation import evaluate_policy; "
+            "from lbwrap import SafePixelAgent; a = SafePixelAgent.load(sys.argv[1], device='cpu'); "
+            "print(evaluate_policy(a, a.settings.make_env(), n_eval_episodes=1, warn=False)); "
+            "print('shield' if a.settings.shield and a.safety.ready else 'off')")
+    fresh = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert fresh.stdout.split()[-1] == ("shield" if summary["barrier_ready"] else "off")
 
     # a second plain start must not overwrite the run
     before = digests(out)

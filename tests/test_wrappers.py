@@ -93,6 +93,32 @@ def test_shield_inactive_until_ready(tiny_safety):
 
 
 @pytest.mark.parametrize("ready", [False, True])
+def test_shield_infos_compare_equal_to_themselves(tiny_safety, ready):
+    """No NaN in the shield's infos (Gymnasium 1.x's determinism checks compare infos with ==):
+    the barrier values appear only while the shield is active."""
+    from gymnasium.utils.env_checker import data_equivalence
+
+    base = pixel_hazard()
+    safety = tiny_safety(base)
+    safety.force_ready = ready
+    env = BarrierShield(LatentObservation(base, safety), safety)
+    venv = VecBarrierShield(VecLatentObservation(DummyVecEnv([pixel_hazard]), safety), safety)
+    env.reset(seed=0)
+    venv.reset()
+    action = np.array([0.3, -0.5], np.float32)
+    _, _, _, _, info = env.step(action)
+    _, _, _, infos = venv.step(action[None])
+    for one in (info, infos[0]):
+        assert data_equivalence(one, dict(one)), one.keys()
+        assert one["shield_active"] is ready
+        assert ("barrier_now" in one) is ready
+        assert all(np.isfinite(one[k]) for k in ("barrier_now", "barrier_next_proposed",
+                                                 "barrier_next_executed") if k in one)
+    env.close()
+    venv.close()
+
+
+@pytest.mark.parametrize("ready", [False, True])
 def test_shield_never_leaves_action_box(scripted_env_cls, tiny_safety, ready):
     class Asymmetric(scripted_env_cls):
         def __init__(self):

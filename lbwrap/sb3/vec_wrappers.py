@@ -185,12 +185,7 @@ class VecBarrierShield(VecEnvWrapper):
         rewards = np.asarray(rewards, np.float32).copy()
         for i, info in enumerate(infos):
             intervened = bool(d.intervened[i])
-            info.update(
-                shield_active=d.active, shield_intervened=intervened,
-                proposed_action=self._proposed[i], executed_action=d.executed[i],
-                barrier_now=float(d.b_now[i]), barrier_next_proposed=float(d.b_next_proposed[i]),
-                barrier_next_executed=float(d.b_next_executed[i]),
-            )
+            info.update(d.info(i), proposed_action=self._proposed[i])
             if intervened and self.intervention_penalty > 0:
                 info.setdefault("env_reward", float(rewards[i]))
                 rewards[i] -= self.intervention_penalty

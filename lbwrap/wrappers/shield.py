@@ -30,7 +30,9 @@ class BarrierShield(gym.Wrapper):
     (the barrier's balanced accuracy gate, see :mod:`lbwrap.safety_model`).
 
     ``info`` gets ``shield_active``, ``shield_intervened``, ``proposed_action``,
-    ``executed_action``, ``barrier_now``, ``barrier_next_proposed``, ``barrier_next_executed``.
+    ``executed_action`` and, while the shield is active, ``barrier_now``,
+    ``barrier_next_proposed``, ``barrier_next_executed`` (never NaN, see
+    :meth:`~lbwrap.safety_model.ShieldDecision.info`).
     ``intervention_penalty > 0`` subtracts that amount from the reward of every step in which the
     shield intervened (``info["env_reward"]`` keeps the env's own reward). ``action_scorer``
     (settable later): picks the substitute among the passing candidates, e.g.
@@ -81,15 +83,7 @@ class BarrierShield(gym.Wrapper):
         self._obs = obs
         info = dict(info)
         intervened = bool(decision.intervened[0])
-        info.update(
-            shield_active=decision.active,
-            shield_intervened=intervened,
-            proposed_action=proposed[0],
-            executed_action=executed,
-            barrier_now=float(decision.b_now[0]),
-            barrier_next_proposed=float(decision.b_next_proposed[0]),
-            barrier_next_executed=float(decision.b_next_executed[0]),
-        )
+        info.update(decision.info(0), proposed_action=proposed[0])
         if intervened and self.intervention_penalty > 0:
             info.setdefault("env_reward", float(reward))
             reward = float(reward) - self.intervention_penalty
