@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run demo test test-all bench docs clean
+.PHONY: setup run demo test test-all typecheck bench docs clean
 
 setup: $(VENV)/.lbwrap-installed
 
@@ -25,6 +25,10 @@ test: setup
 ## Everything, the slow tests too.
 test-all: setup
 	$(PY) -m pytest -q -m ""
+
+## The type checker over the package (mypy; settings in pyproject.toml). CI runs it after the tests.
+typecheck: setup
+	$(PY) -m mypy
 
 bench: setup
 	$(PY) benchmarks/env_throughput.py
