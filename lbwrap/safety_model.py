@@ -221,6 +221,13 @@ class LatentSafetyModel(nn.Module):
             sampling, imagination and the shield's candidate draws.
     """
 
+    # buffers (register_buffer in __init__); action_accuracy_ema only with an action barrier
+    action_low: torch.Tensor
+    action_high: torch.Tensor
+    accuracy_ema: torch.Tensor
+    unsafe_seen: torch.Tensor
+    action_accuracy_ema: torch.Tensor
+
     def __init__(
         self,
         config: SafetyModelConfig,

@@ -198,13 +198,15 @@ class SafeActionFilter:
         low, high = self._box(proposed)
         n, a = proposed.shape
         cfg = self.config
-        kw = {"device": proposed.device, "dtype": proposed.dtype, "generator": self.generator}
+        device, dtype, gen = proposed.device, proposed.dtype, self.generator
         parts = []
         if cfg.num_random_candidates:
-            u = _random.rand((n, cfg.num_random_candidates, a), **kw)
+            u = _random.rand((n, cfg.num_random_candidates, a), device=device, dtype=dtype,
+                             generator=gen)
             parts.append(low + (high - low) * u)
         if cfg.num_local_candidates:
-            noise = _random.randn((n, cfg.num_local_candidates, a), **kw)
+            noise = _random.randn((n, cfg.num_local_candidates, a), device=device, dtype=dtype,
+                                  generator=gen)
             local = proposed.unsqueeze(1) + noise * (cfg.local_std * (high - low) / 2)
             parts.append(torch.maximum(torch.minimum(local, high), low))
         return torch.cat(parts, dim=1)

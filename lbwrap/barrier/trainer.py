@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from lbwrap.latent_state import LatentDynamics, LatentState
 
+from .action_barrier import ActionBarrierNet
 from .config import BarrierConfig
 from .losses import CostFn, compute_barrier_loss
 from .network import BarrierNet
@@ -21,7 +22,8 @@ class BarrierTrainer:
     """Adam on the barrier's parameters only (never the world model's).
 
     Args:
-        barrier: the network to train.
+        barrier: the network to train (:meth:`update` needs a :class:`BarrierNet`; an
+            :class:`ActionBarrierNet` is trained with :meth:`step` on its own loss).
         config: loss settings; ``config.lr`` and ``config.grad_clip`` unless overridden.
         lr: learning rate override (paper: 8e-5; default ``config.lr`` = 3e-4).
         grad_clip: max global grad norm override (``math.inf``: no clipping).
@@ -29,7 +31,7 @@ class BarrierTrainer:
 
     def __init__(
         self,
-        barrier: BarrierNet,
+        barrier: BarrierNet | ActionBarrierNet,
         config: BarrierConfig,
         lr: float | None = None,
         grad_clip: float | None = None,
@@ -57,8 +59,9 @@ class BarrierTrainer:
         generator: torch.Generator | None = None,
     ) -> dict[str, float]:
         """One gradient step on :func:`compute_barrier_loss` (states detached); its metrics."""
+        barrier = cast(BarrierNet, self.barrier)  # see the class docstring
         loss, metrics = compute_barrier_loss(
-            self.barrier, self.config, posts, cost, is_first, dynamics=dynamics,
+            barrier, self.config, posts, cost, is_first, dynamics=dynamics,
             cost_fn=cost_fn, policy=policy, generator=generator, detach_states=True,
         )
         metrics.update(self.step(loss))

@@ -27,7 +27,7 @@ would give black frames), and so are images with NaN or inf pixels. The same pol
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -56,7 +56,10 @@ def _is_image_box(space: gym.Space) -> bool:
 
 def _float_image_error(space: gym.Space, where: str) -> ValueError | None:
     """The error for a float image Box (e.g. images in [0, 1]), ``None`` for other spaces."""
-    if not isinstance(space, spaces.Box) or space.dtype.kind != "f" or len(space.shape) != 3:
+    if not isinstance(space, spaces.Box) or len(space.shape) != 3:
+        return None
+    assert space.dtype is not None  # a Box always has a dtype
+    if space.dtype.kind != "f":
         return None
     if not (space.shape[-1] in (1, 3) or space.shape[0] in (1, 3)):
         return None
@@ -248,9 +251,12 @@ class PixelCostEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
 
     def _source_shape(self, env: gym.Env) -> tuple[int, int, int]:
         if self._source == "observation":
-            return _hwc_shape(env.observation_space)  # type: ignore[arg-type]
+            # _resolve_pixel_source checked that these are image Boxes
+            return _hwc_shape(cast(spaces.Box, env.observation_space))
         if self._source == "key":
-            return _hwc_shape(env.observation_space.spaces[self._key])  # type: ignore[union-attr]
+            assert self._key is not None
+            obs_space = cast(spaces.Dict, env.observation_space)
+            return _hwc_shape(cast(spaces.Box, obs_space.spaces[self._key]))
         return (-1, -1, 3)  # render(): known after the first frame
 
     # ------------------------------------------------------------------ per-step helpers

@@ -77,11 +77,14 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = ["LEVEL_NUM_HAZARDS", "VIEWS", "PixelHazardConfig", "PixelHazardEnv"]
 
@@ -204,8 +207,11 @@ class PixelHazardConfig:
         return LEVEL_NUM_HAZARDS[self.level] if self.num_hazards is None else int(self.num_hazards)
 
 
-def _resolve_options(env: gym.Env, config_cls: type, render_mode: str | None, config: Any,
-                     kwargs: dict[str, Any]) -> Any:
+_ConfigT = TypeVar("_ConfigT", bound="DataclassInstance")
+
+
+def _resolve_options(env: gym.Env, config_cls: type[_ConfigT], render_mode: str | None,
+                     config: _ConfigT | None, kwargs: dict[str, Any]) -> _ConfigT:
     """Check ``render_mode``, ``config`` and keyword options of a built-in env; return its config
     (``config`` or the defaults, with ``kwargs`` applied). Raises ``ValueError`` naming the problem."""
     modes = env.metadata["render_modes"]
@@ -239,7 +245,9 @@ class PixelHazardEnv(gym.Env):
         ValueError: on an unknown option or an invalid value.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 30}
+    # A class attribute (gym.make reads it off the class); gymnasium declares it as an instance
+    # attribute, so a ClassVar annotation would conflict with the base class.
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 30}  # noqa: RUF012
 
     def __init__(
         self,
@@ -442,7 +450,9 @@ class PixelHazardEnv(gym.Env):
         self._frame = obs
         return obs, float(reward), False, truncated, {"cost": cost, "goal_met": bool(goal_met)}
 
-    def render(self) -> np.ndarray | None:
+    # gymnasium types Env.render() with a free TypeVar (RenderFrame) that no concrete
+    # return type can match.
+    def render(self) -> np.ndarray | None:  # type: ignore[override]
         """Return the current frame (a copy, ``(size, size, 3)`` uint8) in ``"rgb_array"`` mode.
 
         Returns ``None`` when ``render_mode`` is ``None`` or before the first reset.

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -168,7 +168,9 @@ class PixelHazardRunEnv(gym.Env):
         ValueError: on an unknown option or an invalid value.
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 30}
+    # A class attribute (gym.make reads it off the class); gymnasium declares it as an instance
+    # attribute, so a ClassVar annotation would conflict with the base class.
+    metadata: dict[str, Any] = {"render_modes": ["rgb_array"], "render_fps": 30}  # noqa: RUF012
 
     def __init__(
         self,
@@ -299,7 +301,9 @@ class PixelHazardRunEnv(gym.Env):
         self._frame = obs
         return obs, float(reward), False, truncated, {"cost": cost}
 
-    def render(self) -> np.ndarray | None:
+    # gymnasium types Env.render() with a free TypeVar (RenderFrame) that no concrete
+    # return type can match.
+    def render(self) -> np.ndarray | None:  # type: ignore[override]
         """The current frame (a copy) in ``"rgb_array"`` mode; ``None`` otherwise or before reset."""
         if self.render_mode != "rgb_array" or self._frame is None:
             return None

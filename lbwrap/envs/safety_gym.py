@@ -6,6 +6,11 @@ mutable defaults. :func:`import_safety_gymnasium` imports it with a *scoped* fix
 package is being imported, an ndarray default becomes a ``default_factory`` that returns a copy.
 ``dataclasses`` is restored right afterwards, even when the import fails.
 
+On Gymnasium >= 1.0 it does not import either (upstream's "Add support for Gymnasium v1.0" is
+unmerged): :func:`_gymnasium_1_compat` restores, only there and only for that import, the three
+things it needs: the wrapper modules Gymnasium 1.0 removed, the two ``EnvSpec`` fields it
+dropped, and ``OffScreenViewer``'s old size defaults. On Gymnasium 0.29 nothing is patched.
+
 MuJoCo renders the camera images. Without a display we need an off-screen OpenGL backend:
 :func:`ensure_render_backend` sets ``MUJOCO_GL=egl`` unless the user chose a backend, and
 :func:`check_rendering` turns a failing backend into an error that says what to install.
@@ -13,6 +18,7 @@ MuJoCo renders the camera images. Without a display we need an off-screen OpenGL
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import importlib
@@ -21,9 +27,10 @@ import os
 import re
 import sys
 import warnings
+import weakref
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
@@ -77,6 +84,94 @@ def _ndarray_defaults_as_factories() -> Iterator[None]:
         dataclasses._get_field = original  # type: ignore[attr-defined]
 
 
+GYMNASIUM_1 = int(gymnasium.__version__.split(".")[0]) >= 1
+"""Whether the installed Gymnasium is 1.x (safety-gymnasium 1.0.0 was written for 0.28/0.29)."""
+
+
+@contextlib.contextmanager
+def _removed_wrapper_modules() -> Iterator[None]:
+    """Gymnasium 1.0 removed ``gymnasium.wrappers.{compatibility, time_limit, normalize,
+    env_checker, autoreset}``; safety-gymnasium imports classes from them. While it is imported,
+    these names point to modules that hold the same classes under their 0.29 names (the
+    ``EnvCompatibility`` stand-in only refuses: safety-gymnasium uses it for the old gym API,
+    which lbwrap never asks for). Afterwards the names are gone again."""
+    import types
+
+    from gymnasium import wrappers
+    from gymnasium.wrappers.utils import RunningMeanStd
+
+    class EnvCompatibility:  # a stand-in, never instantiated by lbwrap
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            raise NotImplementedError("the old gym step API (apply_api_compatibility) is not "
+                                      "available on Gymnasium >= 1.0")
+
+    contents: dict[str, dict[str, Any]] = {
+        "compatibility": {"EnvCompatibility": EnvCompatibility},
+        "time_limit": {"TimeLimit": wrappers.TimeLimit},
+        "normalize": {"NormalizeObservation": wrappers.NormalizeObservation,
+                      "NormalizeReward": wrappers.NormalizeReward,
+                      "RunningMeanStd": RunningMeanStd},
+        "env_checker": {"PassiveEnvChecker": wrappers.PassiveEnvChecker},
+        "autoreset": {"AutoResetWrapper": getattr(wrappers, "Autoreset")},  # noqa: B009 - 1.x only
+    }
+    added = []
+    for name, members in contents.items():
+        full = f"gymnasium.wrappers.{name}"
+        if full in sys.modules:
+            continue
+        module = types.ModuleType(full)
+        module.__dict__.update(members)
+        sys.modules[full] = module
+        added.append(full)
+    try:
+        yield
+    finally:
+        for full in added:
+            sys.modules.pop(full, None)
+
+
+def _patch_imported_safety_gymnasium(sg: ModuleType) -> None:
+    """After the import, on Gymnasium 1.x: the ``EnvSpec`` fields and the viewer size."""
+    from gymnasium.envs.registration import EnvSpec
+    from safety_gymnasium.bases import underlying
+    from safety_gymnasium.utils import registration
+
+    del sg  # the patches go to its submodules
+    # safety-gymnasium's make() reads spec.autoreset / spec.apply_api_compatibility, fields that
+    # Gymnasium 1.0 dropped (neither applies there), and builds specs with both set to False.
+    old_spec = _spec_class_with_old_fields(EnvSpec)
+    find_spec = registration._find_spec
+
+    def find_spec_with_old_fields(env_id: str) -> Any:
+        spec = find_spec(env_id)
+        return old_spec(**{f.name: getattr(spec, f.name) for f in dataclasses.fields(EnvSpec)
+                           if f.init})
+
+    registration._find_spec = find_spec_with_old_fields
+    registration.EnvSpec = old_spec
+    # Gymnasium 1.0's OffScreenViewer needs width and height; 0.29 took the model's offscreen
+    # buffer size (what the vision tasks set to the camera size), so pass exactly that.
+    viewer_cls = underlying.OffScreenViewer
+
+    def offscreen_viewer(model: Any, data: Any, *args: Any, **kwargs: Any) -> Any:
+        if not args and "width" not in kwargs:
+            kwargs.update(width=model.vis.global_.offwidth, height=model.vis.global_.offheight)
+        return viewer_cls(model, data, *args, **kwargs)
+
+    underlying.OffScreenViewer = offscreen_viewer
+
+
+def _spec_class_with_old_fields(spec_cls: type) -> type:
+    """Gymnasium 1.x's ``EnvSpec`` with 0.29's ``autoreset`` and ``apply_api_compatibility``."""
+
+    @dataclasses.dataclass
+    class EnvSpecWithOldFields(spec_cls):
+        autoreset: bool = False
+        apply_api_compatibility: bool = False
+
+    return EnvSpecWithOldFields
+
+
 def ensure_render_backend() -> str:
     """Select MuJoCo's off-screen OpenGL backend before mujoco is imported.
 
@@ -101,13 +196,17 @@ def import_safety_gymnasium() -> ModuleType:
     if "safety_gymnasium" in sys.modules:
         return sys.modules["safety_gymnasium"]
     ensure_render_backend()
+    removed_modules = _removed_wrapper_modules() if GYMNASIUM_1 else contextlib.nullcontext()
     try:
-        with _ndarray_defaults_as_factories(), warnings.catch_warnings():
+        with _ndarray_defaults_as_factories(), removed_modules, warnings.catch_warnings():
             # gymnasium-robotics warns about its Adroit envs at import; irrelevant here.
             warnings.simplefilter("ignore")
             # ...and prints a notice about them to stderr; keep the user's terminal clean.
             with contextlib.redirect_stderr(io.StringIO()):
-                return importlib.import_module("safety_gymnasium")
+                sg = importlib.import_module("safety_gymnasium")
+        if GYMNASIUM_1:
+            _patch_imported_safety_gymnasium(sg)
+        return sg
     except ImportError as exc:
         raise SafetyGymUnavailableError(
             f"safety-gymnasium could not be imported ({exc}). It must be installed without its "
@@ -151,18 +250,32 @@ def make_safety_vision_env(env_id: str, size: int = 64, **make_kwargs: Any) -> A
 
 
 class ReleaseRenderersOnClose(gymnasium.Wrapper, gymnasium.utils.RecordConstructorArgs):
-    """Free MuJoCo's off-screen GL contexts in ``close()``.
+    """Free MuJoCo's off-screen GL contexts in ``close()``, and at interpreter exit for envs that
+    were never closed.
 
     safety-gymnasium never frees its renderers, so their EGL contexts are destroyed by the garbage
-    collector at interpreter exit, after EGL itself is gone, which prints tracebacks. Closing the
-    env now frees them deterministically.
+    collector at interpreter exit, after EGL itself is gone, which prints tracebacks (with newer
+    mujoco releases). Closing the env frees them deterministically; an ``atexit`` hook (run before
+    that teardown) frees those of envs still open.
     """
+
+    _open: ClassVar[weakref.WeakSet[ReleaseRenderersOnClose]] = weakref.WeakSet()
 
     def __init__(self, env: gymnasium.Env) -> None:
         gymnasium.utils.RecordConstructorArgs.__init__(self)
         gymnasium.Wrapper.__init__(self, env)
+        ReleaseRenderersOnClose._open.add(self)
 
-    def close(self) -> None:
+    def reset(self, **kwargs: Any) -> Any:
+        out = self.env.reset(**kwargs)
+        if not _EXIT_HOOK:
+            # after the first render set EGL up, so that it runs before EGL's own exit hook
+            atexit.register(_free_open_renderers)
+            _EXIT_HOOK.append(True)
+        return out
+
+    def free_renderers(self) -> None:
+        """Free the task's off-screen viewers now (they are rebuilt on the next render)."""
         task = getattr(self.env.unwrapped, "task", None)
         viewers = getattr(task, "_viewers", None) or {}
         for viewer in list(viewers.values()):
@@ -172,7 +285,20 @@ class ReleaseRenderersOnClose(gymnasium.Wrapper, gymnasium.utils.RecordConstruct
         viewers.clear()
         if task is not None and hasattr(task, "viewer"):
             task.viewer = None
+
+    def close(self) -> None:
+        self.free_renderers()
+        ReleaseRenderersOnClose._open.discard(self)
         super().close()
+
+
+_EXIT_HOOK: list[bool] = []
+
+
+def _free_open_renderers() -> None:
+    for env in list(ReleaseRenderersOnClose._open):
+        with contextlib.suppress(Exception):
+            env.free_renderers()
 
 
 def check_rendering(env: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import gymnasium as gym
 import numpy as np
@@ -98,7 +99,8 @@ def evaluate_agent(
     as in training); ``make_env`` builds the pixel env.
     """
     probe = make_env()
-    shape = tuple(probe.observation_space.shape)
+    # a pixel env's Box; an env without a shape raises TypeError here, as it always did
+    shape = tuple(cast(tuple[int, ...], probe.observation_space.shape))
     probe.close()
     pixel_agent = SafePixelAgent.from_training(agent, safety, shield=shield,
                                                observation_shape=shape)

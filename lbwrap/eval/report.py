@@ -343,7 +343,9 @@ def plot_run(metrics_csv: str | Path, out_png_prefix: str | Path) -> list[Path]:
     steps = data["env_steps"]
     prefix = Path(out_png_prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    ready_at = steps[np.flatnonzero(data["ready"] > 0)[0]] if np.any(data.get("ready", []) > 0) else None
+    # mypy is right here: without a "ready" column ``[] > 0`` raises TypeError (kept as is)
+    any_ready = bool(np.any(np.asarray(data.get("ready", [])) > 0))
+    ready_at = steps[np.flatnonzero(data["ready"] > 0)[0]] if any_ready else None
     warm = data.get("warmup_violations")
     warm_end = None
     if warm is not None and len(warm):
@@ -589,7 +591,9 @@ def record_episode_video(
     if scale is None:
         scale = 4 if cameras[0].shape[0] <= 32 else 3
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    with imageio.get_writer(tmp, mode="I", duration=1000.0 / fps, loop=0) as writer:
+    # not ``with ... as writer``: imageio's stub types __enter__ as the base class (no append_data)
+    writer = imageio.get_writer(tmp, mode="I", duration=1000.0 / fps, loop=0)
+    with writer:
         for t in range(len(cameras)):
             writer.append_data(compose_video_frame(cameras[t], recons[t], barrier, costs, t, scale))
     os.replace(tmp, path)

@@ -97,7 +97,8 @@ class HazardAvoider:
             score = np.where(safe, progress, -np.inf)
         else:  # nothing keeps the margin: get as far from the hazards as possible
             score = c2
-        i, _ = np.unravel_index(int(np.argmax(score)), score.shape)
+        row, _ = np.unravel_index(int(np.argmax(score)), score.shape)
+        i = int(row)
         if not safe.any() and c1[i] < 0 and n:
             i = int(np.argmax(c1))
         return self._dirs[i].astype(np.float32)

@@ -120,7 +120,7 @@ class CoTrainCallback(BaseCallback):
         dones = np.asarray(self.locals["dones"], dtype=bool)
         rewards = np.asarray(self.locals["rewards"], dtype=np.float32).reshape(-1)
         actions = self._executed_actions(infos)
-        new_obs = self.locals.get("new_obs")
+        new_obs: Any = self.locals.get("new_obs")  # the VecEnv's observations (pixel path)
         pixel_path = self._agent_sees_pixels()
         for i, info in enumerate(infos):
             if "cost" not in info:
@@ -238,4 +238,4 @@ class CoTrainCallback(BaseCallback):
         path = self.save_path / name
         self.safety.save(path)
         if self.verbose:
-            self.logger.info(f"saved safety model to {path}")  # type: ignore[attr-defined]
+            self.logger.info(f"saved safety model to {path}")

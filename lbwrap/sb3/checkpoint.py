@@ -251,9 +251,9 @@ class CheckpointSet:
         if self.settings.algorithm == "BarrierSAC" and safety is not None:
             kwargs["safety"] = safety
         agent = cls.load(self.agent_path, env=env, device=device, **kwargs)
-        if self.replay_path is not None and isinstance(getattr(agent, "replay_buffer", None),
-                                                       ReplayBuffer):
-            load_sb3_replay(agent.replay_buffer, self.replay_path)
+        replay_buffer = getattr(agent, "replay_buffer", None)  # off-policy algorithms only
+        if self.replay_path is not None and isinstance(replay_buffer, ReplayBuffer):
+            load_sb3_replay(replay_buffer, self.replay_path)
         return agent
 
 

@@ -11,10 +11,11 @@ and the filter executes the best-rated candidate that passes the barrier.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 
 from lbwrap.safety_model import ObservationScorer
@@ -41,8 +42,9 @@ def critic_scorer(agent: BaseAlgorithm) -> ObservationScorer:
             f"critic_scorer needs an off-policy agent with a Q critic (SAC, TD3, BarrierSAC), got "
             f"{type(agent).__name__}; leave the shield's action_scorer unset (closest action)."
         )
-    low = np.asarray(agent.action_space.low, np.float32)
-    high = np.asarray(agent.action_space.high, np.float32)
+    action_space = cast(spaces.Box, agent.action_space)  # the shield needs Box actions
+    low = np.asarray(action_space.low, np.float32)
+    high = np.asarray(action_space.high, np.float32)
 
     def score(observations: np.ndarray, candidates: torch.Tensor) -> torch.Tensor:
         m, k, a = candidates.shape

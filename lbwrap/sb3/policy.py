@@ -476,6 +476,7 @@ class BarrierSAC(SAC):
 
     # ------------------------------------------------------------------ barrier term
     def _barrier_active(self) -> bool:
+        assert self.safety is not None  # _setup_model sets it
         return self.barrier_weight > 0 and (self.barrier_always or bool(self.safety.ready))
 
     def _actor_actions(self, features: th.Tensor) -> th.Tensor:
@@ -506,7 +507,8 @@ class BarrierSAC(SAC):
                 batch_size, env=self._vec_normalize_env
             )
             # For n-step replay, discount factor is gamma**n_steps (when no early termination)
-            discounts = replay_data.discounts if replay_data.discounts is not None else self.gamma
+            discounts = getattr(replay_data, "discounts", None)  # SB3 >= 2.7 (n-step replay)
+            discounts = self.gamma if discounts is None else discounts
 
             # We need to sample because `log_std` may have changed between two gradient steps
             if self.use_sde:
@@ -565,7 +567,7 @@ class BarrierSAC(SAC):
                 F.mse_loss(current_q, target_q_values) for current_q in current_q_values
             )
             assert isinstance(critic_loss, th.Tensor)  # for type checker
-            critic_losses.append(critic_loss.item())  # type: ignore[union-attr]
+            critic_losses.append(critic_loss.item())
 
             # Optimize the critic
             self.critic.optimizer.zero_grad()

@@ -201,5 +201,7 @@ def build_safe_agent(
         callbacks.append(LagrangianLoggerCallback())
     if recipe.learn_from_executed:
         callbacks.append(ExecutedActionRelabel())
+    pixel_shape = venv.observation_space.shape
+    assert pixel_shape is not None  # VecLatentObservation checked that it is an image space
     return SafeAgent(agent=agent, env=stack, safety=safety, cotrain=cotrain, callbacks=callbacks,
-                     recipe=recipe, pixel_shape=tuple(venv.observation_space.shape))
+                     recipe=recipe, pixel_shape=tuple(pixel_shape))

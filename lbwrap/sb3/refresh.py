@@ -259,7 +259,7 @@ class LatentRefresher(BaseCallback):
             "truncated_episodes": float(truncated),
         }
         if self.verbose:
-            self.logger.info(  # type: ignore[attr-defined]
+            self.logger.info(
                 f"LatentRefresher: {int(ok.sum())} slots refreshed in {seconds:.2f} s")
         return dict(self.last_metrics)
 

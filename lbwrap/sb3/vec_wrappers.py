@@ -7,19 +7,21 @@ the one live :class:`~lbwrap.safety_model.LatentSafetyModel` for every env at on
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs
 
 from lbwrap.latent_state import LatentState
 from lbwrap.latent_tracker import LatentTracker
 from lbwrap.safety_model import (
     LatentSafetyModel,
     ObservationScorer,
+    ShieldDecision,
     as_action_batch,
     barrier_penalty,
     barrier_values,
@@ -54,6 +56,7 @@ class VecLatentObservation(VecEnvWrapper):
         dim = self.tracker.feature_dim
         super().__init__(venv, observation_space=spaces.Box(-np.inf, np.inf, (dim,), np.float32))
         shape = venv.observation_space.shape
+        assert shape is not None  # check_spaces: an image space
         self._channel_last = shape[-1] == 3 and shape[0] != 3
         self._actions = np.zeros((venv.num_envs, safety.action_dim), np.float32)
         self._episode_start: list[np.ndarray | None] = [None] * venv.num_envs
@@ -75,7 +78,7 @@ class VecLatentObservation(VecEnvWrapper):
         return np.ascontiguousarray(frames)
 
     def reset(self) -> np.ndarray:
-        frames = self._chw(self.venv.reset())
+        frames = self._chw(cast(np.ndarray, self.venv.reset()))  # check_spaces: image frames
         n = self.num_envs
         feats = self.tracker.observe(frames, None, np.ones(n, bool))
         self._episode_start = [frames[i] for i in range(n)]
@@ -83,7 +86,8 @@ class VecLatentObservation(VecEnvWrapper):
         return feats
 
     def step_async(self, actions: np.ndarray) -> None:
-        low, high = self.action_space.low, self.action_space.high
+        box = cast(spaces.Box, self.action_space)  # check_spaces: a Box
+        low, high = box.low, box.high
         checked = as_action_batch(actions, self.num_envs, self.safety.action_dim, single=False,
                                   what="VecLatentObservation.step: the actions")
         self._actions = np.clip(checked, low, high)
@@ -161,12 +165,13 @@ class VecBarrierShield(VecEnvWrapper):
         self.safety = safety
         self.intervention_penalty = float(intervention_penalty)
         self.action_scorer = action_scorer
-        self._decision = None
+        self._decision: ShieldDecision | None = None
         self._proposed: np.ndarray | None = None
         self._obs: np.ndarray | None = None
 
     def reset(self) -> np.ndarray:
-        self._obs = self.venv.reset()
+        # the VecLatentObservation inside makes these latent feature arrays
+        self._obs = cast(np.ndarray, self.venv.reset())
         return self._obs
 
     def step_async(self, actions: np.ndarray) -> None:
@@ -228,7 +233,7 @@ class VecBarrierPenalty(VecEnvWrapper):
         self._b_prev = np.zeros(self.num_envs, np.float32)
 
     def reset(self) -> np.ndarray:
-        obs = self.venv.reset()
+        obs = cast(np.ndarray, self.venv.reset())  # latent features (the VecLatentObservation)
         self._b_prev = barrier_values(self.safety, self.latent.latent_state)
         return obs
 
@@ -266,7 +271,7 @@ class VecRewardScale(VecEnvWrapper):
         super().__init__(venv)
         self.scale = float(scale)
 
-    def reset(self) -> np.ndarray:
+    def reset(self) -> VecEnvObs:
         return self.venv.reset()
 
     def step_wait(self):

@@ -336,10 +336,10 @@ class SequenceReplay:
         rows: dict[str, np.ndarray] = {}
         for key in _FIELDS:
             arr = np.asarray(state[key])
-            expected = (total,) + self._data[key].shape[2:]
-            if arr.shape != expected:
+            expected_shape = (total,) + self._data[key].shape[2:]
+            if arr.shape != expected_shape:
                 raise ValueError(f"replay state field {key!r} has shape {arr.shape}, expected "
-                                 f"{expected} (sum of size {size.tolist()} rows)")
+                                 f"{expected_shape} (sum of size {size.tolist()} rows)")
             rows[key] = arr
         if saved_capacity != self.env_capacity:
             pos = size % self.env_capacity  # oldest step at ring index 0

@@ -110,7 +110,8 @@ class WorldModel(nn.Module):
         c = self.config
         return (c.image_channels, c.image_size, c.image_size)
 
-    def _tensor(self, x: torch.Tensor | np.ndarray, dtype: torch.dtype | None = None):
+    def _tensor(self, x: torch.Tensor | np.ndarray, dtype: torch.dtype | None = None
+                ) -> torch.Tensor:
         return torch.as_tensor(x, device=self.device, dtype=dtype)
 
     def preprocess(self, obs: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -194,8 +195,9 @@ class WorldModel(nn.Module):
         return state, action
 
     def observe_embedded(
-        self, embed: torch.Tensor, action: torch.Tensor, is_first: torch.Tensor,
-        state: LatentState | None = None, sample: bool = True,
+        self, embed: torch.Tensor, action: torch.Tensor | np.ndarray,
+        is_first: torch.Tensor | np.ndarray, state: LatentState | None = None,
+        sample: bool = True,
     ) -> tuple[LatentState, LatentState]:
         """:meth:`observe` on precomputed embeddings (B, T, E)."""
         batch, steps = embed.shape[:2]
@@ -291,7 +293,11 @@ class WorldModel(nn.Module):
             raise ValueError(f"imagine: horizon must be >= 1, got {horizon}")
         state, states, taken = start, [], []
         for t in range(horizon):
-            action = policy(state) if policy is not None else actions[:, t]
+            if policy is not None:
+                action = policy(state)
+            else:
+                assert actions is not None  # set whenever policy is None
+                action = actions[:, t]
             state = self.img_step(state, action, sample)
             states.append(state)
             taken.append(action)

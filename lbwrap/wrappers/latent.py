@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
@@ -49,7 +49,9 @@ class LatentObservation(gym.Wrapper):
         self.tracker = LatentTracker(safety.world_model, num_envs=1)
         dim = self.tracker.feature_dim
         self.observation_space = spaces.Box(-np.inf, np.inf, (dim,), np.float32)
-        self._channel_last = env.observation_space.shape[-1] == 3 and env.observation_space.shape[0] != 3
+        obs_shape = env.observation_space.shape
+        assert obs_shape is not None  # check_spaces: an image space
+        self._channel_last = obs_shape[-1] == 3 and obs_shape[0] != 3
         self._episode_start_pixels: np.ndarray | None = None
 
     @property
@@ -85,7 +87,8 @@ class LatentObservation(gym.Wrapper):
                                  what="LatentObservation.step: the action")[0]
         frame, reward, terminated, truncated, info = self.env.step(action)
         frame = self._chw(np.asarray(frame))
-        clipped = np.clip(action, self.action_space.low, self.action_space.high)
+        box = cast(spaces.Box, self.action_space)  # check_spaces: a Box
+        clipped = np.clip(action, box.low, box.high)
         obs = self.tracker.observe(frame[None], clipped[None], np.zeros(1, bool))[0]
         info = dict(info)
         info["pixels"] = frame
