@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run demo test test-all typecheck bench docs clean
+.PHONY: setup run demo test test-all typecheck test-compat bench docs clean
 
 setup: $(VENV)/.lbwrap-installed
 
@@ -29,6 +29,11 @@ test-all: setup
 ## The type checker over the package (mypy; settings in pyproject.toml). CI runs it after the tests.
 typecheck: setup
 	$(PY) -m mypy
+
+## The compatibility matrix (Python 3.10-3.12 x oldest/newest stack, throwaway venvs; about an
+## hour and ~15 GB of downloads): results in /tmp/lbwrap-compat/results.csv. Not part of CI.
+test-compat:
+	scripts/test_compat.sh
 
 bench: setup
 	$(PY) benchmarks/env_throughput.py

@@ -41,11 +41,20 @@ fi
 "$PY" -m pip install -q "$TORCH_REQ"
 
 # lbwrap itself (editable) with its dependencies (they include safety-gymnasium's real needs)
-# and the dev, bench (Ray, rliable) and docs (MkDocs) extras.
-"$PY" -m pip install -q -e ".[dev,bench,docs]"
+# and the dev, bench (Ray, rliable) and docs (MkDocs) extras: the newest releases pyproject.toml
+# admits, except MuJoCo, which stays at 3.1 here because the published Safety-Gymnasium results
+# were measured on it (newer releases change its physics and pixels slightly; see
+# docs/compatibility.md). LBWRAP_MUJOCO overrides it (e.g. LBWRAP_MUJOCO="mujoco>=3.1,<5").
+"$PY" -m pip install -q -e ".[dev,bench,docs]" "${LBWRAP_MUJOCO:-mujoco>=3.1,<3.2}"
 
-# safety-gymnasium and gymnasium-robotics without their impossible pins (see above). pip's
-# resolver would otherwise report the pins it cannot meet; they are known and harmless here.
-"$PY" -m pip install -q --no-deps --no-warn-conflicts "safety-gymnasium==1.0.0" "gymnasium-robotics==1.2.2"
+# safety-gymnasium and gymnasium-robotics without their impossible pins (see above), the
+# gymnasium-robotics release that matches the installed Gymnasium (1.2.2 for 0.29, 1.4 for 1.x).
+# pip's resolver would otherwise report the pins it cannot meet; they are known and harmless here.
+if "$PY" -c 'import sys, gymnasium; sys.exit(0 if gymnasium.__version__.startswith("0.") else 1)'; then
+  ROBOTICS="gymnasium-robotics==1.2.2"
+else
+  ROBOTICS="gymnasium-robotics>=1.4,<1.5"
+fi
+"$PY" -m pip install -q --no-deps --no-warn-conflicts "safety-gymnasium==1.0.0" "$ROBOTICS"
 
 touch "$STAMP"
