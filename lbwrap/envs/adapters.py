@@ -9,6 +9,9 @@ Every env that lbwrap consumes looks the same after :class:`PixelCostEnv`:
 * ``step`` is the Gymnasium 5-tuple; under ``action_repeat=k`` the action is repeated ``k``
   times, reward and cost are *summed* over the sub-steps, and the episode ends early when a
   sub-step ends it;
+  safety-gymnasium tasks render their camera only for the last sub-step, the frame the agent
+  sees (their observation of the other sub-steps is thrown away; rendering is most of a vision
+  step's time), with physics, rewards and costs unchanged;
 * ``info["cost"]``: the summed cost; ``info["violations"]``: how many sub-steps had cost > 0.
   The cost is read from the env's 6-tuple ``step`` (safety-gymnasium), an ``info`` key, or a
   user function;
@@ -181,6 +184,11 @@ class PixelCostEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         self._env_action_dtype = box.dtype
         self.metadata = {**getattr(env, "metadata", {}), "render_modes": ["rgb_array"]}
         self._last_frame: np.ndarray | None = None
+        self._task = _safety_gym_task(env)
+        self._last_raw_obs: Any = None
+        self.skip_substep_observations = self._task is not None
+        """Whether sub-steps before the last one skip the env's observation (safety-gymnasium
+        tasks; set False to render every sub-step, e.g. to compare)."""
 
     @property
     def render_mode(self) -> str:  # type: ignore[override]
@@ -309,7 +317,25 @@ class PixelCostEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         info = dict(info)
         info["cost"] = 0.0
         info["violations"] = 0
+        self._last_raw_obs = raw_obs
         return self._image(raw_obs), info
+
+    def _substep(self, action: np.ndarray, last: bool) -> tuple:
+        """One env step; before the last sub-step of a repeat, a safety-gymnasium task returns
+        its previous observation instead of computing (rendering) a new one, which the repeat
+        would throw away. ``Builder.step`` calls ``task.obs()`` only to return it, after the
+        physics step already ran ``mj_forward``, so nothing else changes."""
+        if last or self._task is None or self._last_raw_obs is None:
+            result = self.env.step(action)
+            self._last_raw_obs = result[0]
+            return result
+        task = self._task
+        previous = self._last_raw_obs
+        task.obs = lambda: previous  # instance attribute: shadows the method for this call
+        try:
+            return self.env.step(action)
+        finally:
+            del task.obs
 
     def step(self, action):
         total_reward = 0.0
@@ -319,8 +345,10 @@ class PixelCostEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
         info: dict = {}
         raw_obs = None
         action = np.asarray(action, dtype=self._env_action_dtype)
-        for _ in range(self.action_repeat):
-            result = self.env.step(action)
+        skipped = False
+        for k in range(self.action_repeat):
+            skipped = self.skip_substep_observations and k < self.action_repeat - 1
+            result = self._substep(action, last=not skipped)
             if len(result) == 6:  # safety-gymnasium: obs, reward, cost, terminated, truncated, info
                 raw_obs, reward, cost, terminated, truncated, info = result
                 cost = float(cost)
@@ -332,10 +360,24 @@ class PixelCostEnv(gym.Wrapper, gym.utils.RecordConstructorArgs):
             violations += int(cost > 0.0)
             if terminated or truncated:
                 break
+        if skipped and self._task is not None:  # the episode ended before the last sub-step
+            raw_obs = self._task.obs()
+            self._last_raw_obs = raw_obs
         info = dict(info)
         info["cost"] = total_cost
         info["violations"] = violations
         return self._image(raw_obs), total_reward, bool(terminated), bool(truncated), info
+
+
+def _safety_gym_task(env: gym.Env) -> Any:
+    """The task of a safety-gymnasium ``Builder`` env (it computes observations in
+    ``task.obs()``), or None for other envs."""
+    base = env.unwrapped
+    task = getattr(base, "task", None)
+    module = type(base).__module__ or ""
+    if module.startswith("safety_gymnasium") and callable(getattr(task, "obs", None)):
+        return task
+    return None
 
 
 def as_pixel_env(
