@@ -16,6 +16,7 @@ drawn underneath (red where B < 0) and the steps with a cost marked.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import time
@@ -31,6 +32,7 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
+from lbwrap._atomic import atomic_write_text
 from lbwrap.safety_model import LatentSafetyModel
 from lbwrap.wrappers import BarrierShield, LatentObservation
 
@@ -311,10 +313,9 @@ def truncate_metrics(metrics_csv: str | Path, max_env_steps: int) -> int:
     kept = [r for r in body if len(r) == len(header) and float(r[k]) <= max_env_steps]
     dropped = len(body) - len(kept) + partial
     if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows([header, *kept])
-        os.replace(tmp, path)
+        out = io.StringIO()
+        csv.writer(out).writerows([header, *kept])
+        atomic_write_text(path, out.getvalue())
     return dropped
 
 

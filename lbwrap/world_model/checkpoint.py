@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import torch
+
+from lbwrap._atomic import atomic_write
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "atomic_torch_save", "read_checkpoint"]
 
@@ -15,27 +16,9 @@ CHECKPOINT_VERSION = 1
 
 
 def atomic_torch_save(payload: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file next to ``path``, fsync, then ``os.replace``.
-
-    If anything fails, the temporary file is removed and an existing ``path`` is untouched.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                               suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """``torch.save`` through :func:`lbwrap._atomic.atomic_write` (temporary file next to
+    ``path``, fsync, ``os.replace``): if anything fails, an existing ``path`` is untouched."""
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
 def read_checkpoint(

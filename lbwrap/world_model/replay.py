@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
+
+from lbwrap._atomic import atomic_write
 
 __all__ = ["SequenceReplay"]
 
@@ -368,20 +369,7 @@ class SequenceReplay:
 
     def save(self, path: str | os.PathLike) -> None:
         """Atomically write the stored steps to a compressed ``.npz`` file (:meth:`state_dict`)."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                                   suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez_compressed(handle, **self.state_dict())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda handle: np.savez_compressed(handle, **self.state_dict()))
 
     @classmethod
     def load(cls, path: str | os.PathLike, seed: int | None = None,
