@@ -342,9 +342,9 @@ class LatentSafetyModel(nn.Module):
         """Updates skipped so far because their loss or gradient norm was NaN/inf, per model
         (``world_model``, ``barrier`` and, when present, ``action_barrier``); kept in checkpoints."""
         out = {"world_model": int(self.wm_trainer.num_skipped),
-               "barrier": int(self.barrier_trainer.nonfinite_skipped)}
+               "barrier": int(self.barrier_trainer.num_skipped)}
         if self.action_barrier_trainer is not None:
-            out["action_barrier"] = int(self.action_barrier_trainer.nonfinite_skipped)
+            out["action_barrier"] = int(self.action_barrier_trainer.num_skipped)
         return out
 
     def nonfinite_modules(self) -> list[str]:

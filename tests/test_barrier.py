@@ -368,17 +368,17 @@ def test_trainer_learns_and_skips_nonfinite() -> None:
     first = trainer.update(posts, cost, is_first, dyn, features_cost_fn, generator=g)
     for _ in range(60):
         last = trainer.update(posts, cost, is_first, dyn, features_cost_fn, generator=g)
-    assert last["loss"] < first["loss"] and last["skipped"] == 0.0
+    assert last["loss"] < first["loss"] and last["step_skipped"] == 0.0
     assert last["num_updates"] == 61 and math.isfinite(last["grad_norm"])
 
     before = [p.detach().clone() for p in net.parameters()]
     out = trainer.step(net(torch.zeros(1, STOCH)).sum() * math.nan)
-    assert out["skipped"] == 1.0 and trainer.nonfinite_skipped == 1
+    assert out["step_skipped"] == 1.0 and trainer.num_skipped == 1
     assert all(torch.equal(a, p) for a, p in zip(before, net.parameters(), strict=True))
     state = trainer.state_dict()
     other = BarrierTrainer(BarrierNet.from_config(cfg, STOCH, DETER), cfg, lr=1e-3)
     other.load_state_dict(state)
-    assert other.nonfinite_skipped == trainer.nonfinite_skipped
+    assert other.num_skipped == trainer.num_skipped
     assert other.num_updates == trainer.num_updates
 
 
@@ -389,4 +389,26 @@ def test_trainer_skips_nonfinite_gradients() -> None:
     loss = net(torch.zeros(1, STOCH)).sum()
     loss.register_hook(lambda g: g * math.inf)
     out = trainer.step(loss)
-    assert out["skipped"] == 1.0 and out["nonfinite_skipped"] == 1.0
+    assert out["step_skipped"] == 1.0 and out["nonfinite_skipped"] == 1.0
+
+
+def test_one_guarded_step_and_one_counter_name_for_every_trainer():
+    """World model, barrier and action barrier share GuardedAdam: the same counter name, and
+    barrier optimiser states saved under the older name still load."""
+    import torch
+
+    from lbwrap._optim import GuardedAdam
+
+    net = torch.nn.Linear(3, 1)
+    guard = GuardedAdam(net.parameters(), lr=1e-2, grad_clip=1.0)
+    ok = guard.step(net(torch.ones(2, 3)).sum())
+    bad = guard.step(net(torch.ones(2, 3)).sum() * float("nan"))
+    assert (ok["step_skipped"], bad["step_skipped"]) == (0.0, 1.0)
+    assert (guard.num_updates, guard.num_skipped) == (1, 1)
+    state = guard.state_dict()
+    old = {"optimizer": state["optimizer"], "num_updates": 1, "nonfinite_skipped": 4}
+    other = GuardedAdam(net.parameters(), lr=1e-2)
+    other.load_state_dict(old)
+    assert other.num_skipped == 4
+    with pytest.raises(ValueError, match="grad_clip must be > 0"):
+        GuardedAdam(net.parameters(), lr=1e-2, grad_clip=0.0)

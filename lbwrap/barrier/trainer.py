@@ -1,12 +1,12 @@
-"""Optimiser loop of the barrier: Adam, gradient clipping, non-finite step skipping."""
+"""The barrier's training step: its loss through the shared guarded Adam step."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, cast
 
 import torch
 
+from lbwrap._optim import GuardedAdam
 from lbwrap.latent_state import LatentDynamics, LatentState
 
 from .action_barrier import ActionBarrierNet
@@ -38,15 +38,40 @@ class BarrierTrainer:
     ) -> None:
         self.barrier = barrier
         self.config = config
-        self.lr = float(config.lr if lr is None else lr)
-        self.grad_clip = float(config.grad_clip if grad_clip is None else grad_clip)
-        if not self.lr > 0 or not self.grad_clip > 0:
-            raise ValueError(
-                f"expected lr > 0 and grad_clip > 0, actual {self.lr}, {self.grad_clip}"
-            )
-        self.optimizer = torch.optim.Adam(barrier.parameters(), lr=self.lr)
-        self.num_updates = 0
-        self.nonfinite_skipped = 0
+        lr = float(config.lr if lr is None else lr)
+        grad_clip = float(config.grad_clip if grad_clip is None else grad_clip)
+        if not lr > 0 or not grad_clip > 0:
+            raise ValueError(f"expected lr > 0 and grad_clip > 0, actual {lr}, {grad_clip}")
+        self.guard = GuardedAdam(barrier.parameters(), lr=lr, grad_clip=grad_clip)
+
+    @property
+    def lr(self) -> float:
+        return self.guard.lr
+
+    @property
+    def grad_clip(self) -> float:
+        return float(self.guard.grad_clip or 0.0)
+
+    @property
+    def optimizer(self) -> torch.optim.Adam:
+        return self.guard.optimizer
+
+    @property
+    def num_updates(self) -> int:
+        return self.guard.num_updates
+
+    @num_updates.setter
+    def num_updates(self, value: int) -> None:
+        self.guard.num_updates = int(value)
+
+    @property
+    def num_skipped(self) -> int:
+        """Steps skipped so far because the loss or the gradient norm was NaN/inf."""
+        return self.guard.num_skipped
+
+    @num_skipped.setter
+    def num_skipped(self, value: int) -> None:
+        self.guard.num_skipped = int(value)
 
     def update(
         self,
@@ -68,40 +93,14 @@ class BarrierTrainer:
         return metrics
 
     def step(self, loss: torch.Tensor) -> dict[str, float]:
-        """Backward, clip and step on any scalar ``loss``; skip on non-finite loss or grads."""
-        self.optimizer.zero_grad(set_to_none=True)
-        skipped = not bool(torch.isfinite(loss.detach()))
-        grad_norm = math.nan
-        if not skipped:
-            loss.backward()
-            params = [p for p in self.barrier.parameters() if p.grad is not None]
-            norm = torch.nn.utils.clip_grad_norm_(params, self.grad_clip) if params else None
-            grad_norm = float(norm) if norm is not None else 0.0
-            skipped = not math.isfinite(grad_norm)
-        if skipped:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.nonfinite_skipped += 1
-        else:
-            self.optimizer.step()
-            self.num_updates += 1
-        return {
-            "grad_norm": grad_norm,
-            "skipped": float(skipped),
-            "nonfinite_skipped": float(self.nonfinite_skipped),
-            "num_updates": float(self.num_updates),
-            "lr": self.optimizer.param_groups[0]["lr"],
-        }
+        """Backward, clip and step on any scalar ``loss`` (:class:`lbwrap._optim.GuardedAdam`:
+        skipped and counted when the loss or the gradient norm is NaN/inf)."""
+        return self.guard.step(loss)
 
     def state_dict(self) -> dict[str, Any]:
         """Optimiser state and counters (the network's weights are saved by its owner)."""
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "num_updates": self.num_updates,
-            "nonfinite_skipped": self.nonfinite_skipped,
-        }
+        return self.guard.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.num_updates = int(state["num_updates"])
-        self.nonfinite_skipped = int(state["nonfinite_skipped"])
+        """Restore what :meth:`state_dict` returned (older files: ``nonfinite_skipped``)."""
+        self.guard.load_state_dict(state)

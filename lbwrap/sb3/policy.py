@@ -431,7 +431,7 @@ class BarrierSAC(SAC):
             },
             "barrier_trainer": {
                 "num_updates": safety.barrier_trainer.num_updates,
-                "nonfinite_skipped": safety.barrier_trainer.nonfinite_skipped,
+                "num_skipped": safety.barrier_trainer.num_skipped,
             },
         }
 
@@ -454,7 +454,8 @@ class BarrierSAC(SAC):
             safety.wm_trainer.grad_clip = wm_state["grad_clip"]
         b_state = spec.get("barrier_trainer", {})
         safety.barrier_trainer.num_updates = int(b_state.get("num_updates", 0))
-        safety.barrier_trainer.nonfinite_skipped = int(b_state.get("nonfinite_skipped", 0))
+        safety.barrier_trainer.num_skipped = int(
+            b_state.get("num_skipped", b_state.get("nonfinite_skipped", 0)))
 
     def save(self, path: Any, exclude: Any = None, include: Any = None) -> None:
         """SB3's ``save``; refreshes ``safety_spec`` (update counters) first."""

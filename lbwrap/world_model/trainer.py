@@ -1,15 +1,15 @@
-"""Adam training loop for the world model with gradient clipping and non-finite guards."""
+"""The world model's training step: its loss through the shared guarded Adam step."""
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
+from lbwrap._optim import GuardedAdam
 from lbwrap.world_model.rssm import WorldModel, WorldModelOutput
 
 __all__ = ["WorldModelTrainer"]
@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 
 class WorldModelTrainer:
-    """Owns the world model's Adam optimiser.
+    """Owns the world model's optimiser (:class:`lbwrap._optim.GuardedAdam`).
 
     Defaults: ``lr=6e-4`` (Dreamer v1), ``eps=1e-5``, gradient-norm clip 100. The paper's
     world-model learning rate (1e-5) learns far too slowly at the budgets lbwrap targets; pass
@@ -31,18 +31,38 @@ class WorldModelTrainer:
         self, model: WorldModel, lr: float = 6e-4, eps: float = 1e-5,
         grad_clip: float | None = 100.0, weight_decay: float = 0.0,
     ) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps}")
-        if grad_clip is not None and not grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {grad_clip}")
         self.model = model
-        self.grad_clip = grad_clip
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr, eps=eps,
-                                          weight_decay=weight_decay)
-        self.num_updates = 0
-        self.num_skipped = 0
+        self.guard = GuardedAdam(model.parameters(), lr=lr, eps=eps, grad_clip=grad_clip,
+                                 weight_decay=weight_decay)
+
+    @property
+    def optimizer(self) -> torch.optim.Adam:
+        return self.guard.optimizer
+
+    @property
+    def grad_clip(self) -> float | None:
+        return self.guard.grad_clip
+
+    @grad_clip.setter
+    def grad_clip(self, value: float | None) -> None:
+        self.guard.grad_clip = value
+
+    @property
+    def num_updates(self) -> int:
+        return self.guard.num_updates
+
+    @num_updates.setter
+    def num_updates(self, value: int) -> None:
+        self.guard.num_updates = int(value)
+
+    @property
+    def num_skipped(self) -> int:
+        """Steps skipped so far because the loss or the gradient norm was NaN/inf."""
+        return self.guard.num_skipped
+
+    @num_skipped.setter
+    def num_skipped(self, value: int) -> None:
+        self.guard.num_skipped = int(value)
 
     def update(
         self, batch: Mapping[str, torch.Tensor | np.ndarray]
@@ -54,42 +74,23 @@ class WorldModelTrainer:
         """
         self.model.train()
         output = self.model.loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        output.loss.backward()
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        max_norm = self.grad_clip if self.grad_clip is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-        # A NaN/inf gradient anywhere makes the total norm non-finite: one check, one sync.
-        finite = bool(torch.isfinite(output.loss.detach()) & torch.isfinite(grad_norm))
         metrics = dict(output.metrics)
-        if finite:
-            self.optimizer.step()
-            self.num_updates += 1
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.num_skipped += 1
+        step = self.guard.step(output.loss)
+        if step["step_skipped"]:
             logger.warning(
                 "world-model update skipped: non-finite loss (%s) or gradient norm (%s); "
-                "%d skipped so far", metrics.get("loss"), float(grad_norm), self.num_skipped,
+                "%d skipped so far", metrics.get("loss"), step["grad_norm"], self.num_skipped,
             )
-        metrics["grad_norm"] = float(grad_norm)
-        metrics["step_skipped"] = 0.0 if finite else 1.0
-        metrics["nonfinite_skipped"] = float(self.num_skipped)
+        metrics.update(grad_norm=step["grad_norm"], step_skipped=step["step_skipped"],
+                       nonfinite_skipped=step["nonfinite_skipped"])
         return metrics, output
 
     def state_dict(self) -> dict[str, Any]:
         """Optimiser state and counters."""
-        return {
-            "optimizer": self.optimizer.state_dict(),
-            "num_updates": self.num_updates,
-            "num_skipped": self.num_skipped,
-            "grad_clip": self.grad_clip,
-        }
+        return {**self.guard.state_dict(), "grad_clip": self.guard.grad_clip}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.num_updates = int(state.get("num_updates", 0))
-        self.num_skipped = int(state.get("num_skipped", 0))
+        self.guard.load_state_dict(state)
         if "grad_clip" in state:
-            self.grad_clip = state["grad_clip"]
+            self.guard.grad_clip = state["grad_clip"]
