@@ -95,6 +95,8 @@ class Args:
     label_horizon: int = 3
     """The action barrier's label horizon (``ActionBarrierConfig.horizon``; runs before
     2026-11-27 used 1)."""
+    penalty_scale: float = 1.0
+    """Scale of the barrier penalty (modes penalty, penalty+shield; ``AgentRecipe.penalty_scale``)."""
     intervention_penalty: float = 0.1
     """Reward (env units) subtracted when the shield replaces the agent's action (shield modes;
     the committed runs other than ``safety_pixelhazard_intervention_penalty`` used 0)."""
@@ -164,7 +166,7 @@ def run_one(job: tuple[Args, str, int]) -> dict:
         pretrain_updates=args.pretrain_updates, pretrain_min_unsafe=args.pretrain_min_unsafe,
         refresh_every=args.refresh_every,
         learn_from_executed=args.learn_from_executed,
-        intervention_penalty=args.intervention_penalty,
+        intervention_penalty=args.intervention_penalty, penalty_scale=args.penalty_scale,
         shield_selection=args.shield_selection,
         reward_scale=args.reward_scale,
         sac_kwargs={"learning_starts": args.learning_starts, "buffer_size": 200_000,
@@ -223,6 +225,7 @@ def run_one(job: tuple[Args, str, int]) -> dict:
         "refresh_every": args.refresh_every,
         "learn_from_executed": args.learn_from_executed,
         "intervention_penalty": args.intervention_penalty, "label_horizon": args.label_horizon,
+        "penalty_scale": args.penalty_scale,
         "pretrain_updates": args.pretrain_updates, "pretrain_min_unsafe": args.pretrain_min_unsafe,
         "ready_release_accuracy": args.ready_release_accuracy,
         "model_learning_starts": args.model_learning_starts,

@@ -44,7 +44,7 @@ import tyro
 import lbwrap
 
 Mode = Literal["none", "shield", "penalty", "lagrangian", "barrier", "barrier+shield",
-               "lagrangian+shield"]
+               "lagrangian+shield", "penalty+shield"]
 
 DEFAULT_ENV_ID = lbwrap.PIXEL_HAZARD_RUN_ID
 DEFAULT_MODE = "shield"

@@ -238,3 +238,33 @@ def test_vec_shield_and_penalty_match_gym_semantics(scripted_env_cls, tiny_safet
         np.testing.assert_allclose(inner[i].received_actions[-1], infos[i]["executed_action"])
         assert infos[i]["barrier_penalty"] == pytest.approx(1.01, abs=1e-5)
     np.testing.assert_allclose(rewards, 1.0 - 1.01, atol=1e-4)
+
+
+def test_penalty_shield_mode_stacks_the_penalty_outside_the_shield(tiny_safety):
+    """penalty+shield: the shield filters the action, the barrier penalty reshapes the reward of
+    the executed transition, and the intervention penalty still applies."""
+    from lbwrap.sb3.recipes import SHIELD_MODES, AgentRecipe, build_safe_agent
+
+    def make():
+        return pixel_hazard(max_episode_steps=40)
+
+    safety = tiny_safety(make())
+    safety.force_ready = True
+    recipe = AgentRecipe(mode="penalty+shield", model_learning_starts=10**9,
+                         intervention_penalty=0.05, penalty_scale=2.0,
+                         sac_kwargs={"learning_starts": 10, "batch_size": 8,
+                                     "policy_kwargs": {"net_arch": [16]}})
+    built = build_safe_agent([make], recipe, safety=safety, seed=0, device="cpu")
+    assert "penalty+shield" in SHIELD_MODES
+    assert isinstance(built.env, VecBarrierPenalty) and built.env.scale == 2.0
+    assert isinstance(built.env.venv, VecBarrierShield)
+    assert built.settings().shield
+    obs = built.env.reset()
+    for _ in range(5):
+        action, _ = built.agent.predict(obs)
+        obs, rewards, _, infos = built.env.step(action)
+        info = infos[0]
+        expected = info["env_reward"] - 2.0 * info["barrier_penalty"] - (
+            0.05 if info["shield_intervened"] else 0.0)
+        assert info["shield_active"] and rewards[0] == pytest.approx(expected, abs=1e-6)
+    built.env.close()

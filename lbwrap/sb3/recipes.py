@@ -10,7 +10,10 @@ differ only in how safety enters):
 * ``barrier``     — :class:`BarrierSAC` (the paper's barrier term in the actor loss);
 * ``barrier+shield`` — both;
 * ``lagrangian+shield`` — SAC-Lagrangian under the shield: the shield blocks what it predicts
-  unsafe, and the Lagrangian term teaches the agent from the violations that still happen.
+  unsafe, and the Lagrangian term teaches the agent from the violations that still happen;
+* ``penalty+shield`` — the barrier penalty under the shield: the shield blocks what it predicts
+  unsafe, and the penalty (B falling) teaches the agent ahead of the hazard, where the shield
+  alone gives no learning signal.
 """
 
 from __future__ import annotations
@@ -44,9 +47,10 @@ from lbwrap.sb3.vec_wrappers import (
 
 __all__ = ["MODES", "SHIELD_MODES", "AgentRecipe", "SafeAgent", "build_safe_agent"]
 
-MODES = ("none", "shield", "penalty", "lagrangian", "barrier", "barrier+shield", "lagrangian+shield")
+MODES = ("none", "shield", "penalty", "lagrangian", "barrier", "barrier+shield", "lagrangian+shield",
+         "penalty+shield")
 #: The modes whose executed actions pass the barrier shield (also in evaluation).
-SHIELD_MODES = ("shield", "barrier+shield", "lagrangian+shield")
+SHIELD_MODES = ("shield", "barrier+shield", "lagrangian+shield", "penalty+shield")
 
 
 @dataclass
@@ -174,7 +178,7 @@ def build_safe_agent(
     mode = recipe.mode
     if mode in SHIELD_MODES:
         stack = VecBarrierShield(stack, safety, intervention_penalty=recipe.intervention_penalty)
-    if mode == "penalty":
+    if mode in ("penalty", "penalty+shield"):  # outside the shield: B along executed actions
         stack = VecBarrierPenalty(stack, safety, scale=recipe.penalty_scale)
     if mode in ("lagrangian", "lagrangian+shield"):  # outside the shield: costs of executed actions
         stack = VecLagrangianPenalty(stack, cost_limit=recipe.cost_limit, lambda_lr=recipe.lambda_lr)
