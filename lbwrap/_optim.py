@@ -9,13 +9,31 @@ was skipped) and ``nonfinite_skipped`` (the running count).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 
-__all__ = ["GuardedAdam"]
+__all__ = ["AutocastFactory", "GuardedAdam", "training_autocast"]
+
+#: ``() -> context manager`` entered around a training forward pass (see :func:`training_autocast`).
+AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
+
+
+def training_autocast(device: torch.device | str, mode: str = "off"
+                      ) -> contextlib.AbstractContextManager[Any]:
+    """``torch.autocast`` in bfloat16 on ``device`` for ``mode == "bf16"``, else a no-op.
+
+    Only forward passes (the losses) run under it; backward and the optimiser step stay outside,
+    and the weights stay float32, so no loss scaling is needed with bfloat16.
+    """
+    if mode == "off":
+        return contextlib.nullcontext()
+    if mode != "bf16":
+        raise ValueError(f"autocast must be 'off' or 'bf16', got {mode!r}")
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
 
 
 class GuardedAdam:

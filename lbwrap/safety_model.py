@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lbwrap._optim import training_autocast
 from lbwrap.barrier import (
     ActionScorer,
     BarrierConfig,
@@ -111,6 +112,10 @@ class SafetyModelConfig:
     """Unsafe (cost > kappa) states that must have appeared in training batches before shielding."""
     accuracy_ema: float = 0.95
     """Smoothing of the readiness accuracy (per update)."""
+    autocast: Literal["off", "bf16"] = "off"
+    """Mixed precision of the training forward passes (world model, barrier, action barrier):
+    ``"bf16"`` runs them under ``torch.autocast(dtype=torch.bfloat16)`` on the model's device
+    (meant for CUDA; weights and optimiser states stay float32, no loss scaling is needed)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.world_model, dict):
@@ -139,6 +144,9 @@ class SafetyModelConfig:
                              f"ready_accuracy={self.ready_accuracy}] or None, got {release}")
         if not self.world_model_lr > 0:
             raise ValueError(f"SafetyModelConfig.world_model_lr must be > 0, got {self.world_model_lr}")
+        if self.autocast not in ("off", "bf16"):
+            raise ValueError(f"SafetyModelConfig.autocast must be 'off' or 'bf16', got "
+                             f"{self.autocast!r}")
 
     @property
     def filter_config(self) -> FilterConfig:
@@ -426,13 +434,15 @@ class LatentSafetyModel(nn.Module):
             )
         cfg = self.config
         metrics: dict[str, float] = {}
+        precision = self._autocast
         for _ in range(num_updates):
             batch = self.replay.sample_torch(cfg.batch_size, cfg.seq_len, self.device,
                                              cost_fraction=cfg.cost_fraction)
-            wm_metrics, out = self.wm_trainer.update(batch)
+            wm_metrics, out = self.wm_trainer.update(batch, autocast=precision)
             b_metrics = self.barrier_trainer.update(
                 out.posts, batch["cost"], batch["is_first"], dynamics=self.world_model,
                 cost_fn=self.world_model.predict_cost, generator=self.generator,
+                autocast=precision,
             )
             self._update_readiness(batch["cost"], b_metrics)
             metrics = {f"world_model/{k}": v for k, v in wm_metrics.items()}
@@ -446,6 +456,10 @@ class LatentSafetyModel(nn.Module):
         metrics["safety/unsafe_seen"] = float(self.unsafe_seen)
         return metrics
 
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The training forward passes' precision context (``config.autocast``)."""
+        return training_autocast(self.device, self.config.autocast)
+
     def _update_action_barrier(
         self, embed: torch.Tensor | None, batch: dict[str, torch.Tensor]
     ) -> dict[str, float]:
@@ -456,10 +470,11 @@ class LatentSafetyModel(nn.Module):
         assert self.config.action_barrier is not None
         metrics: dict[str, float] = {}
         for step in range(self.config.action_barrier.steps_per_batch):
-            loss, step_metrics = action_barrier_loss(
-                self.action_barrier, *pairs, kappa=self.config.barrier.kappa,
-                horizon=self.config.action_barrier.horizon,
-                discount=self.config.action_barrier.discount)
+            with self._autocast():
+                loss, step_metrics = action_barrier_loss(
+                    self.action_barrier, *pairs, kappa=self.config.barrier.kappa,
+                    horizon=self.config.action_barrier.horizon,
+                    discount=self.config.action_barrier.discount)
             if step == 0:  # measured before this batch trained it
                 metrics = step_metrics
             metrics.update(self.action_barrier_trainer.step(loss))

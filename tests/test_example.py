@@ -398,3 +398,11 @@ def test_an_error_during_training_is_followed_by_a_checkpoint(example, tmp_path,
     with pytest.raises(RuntimeError, match="disk full"):
         run(example, tiny_argv(out))
     assert find_checkpoint(out).step == 130
+
+
+def test_example_offers_every_recipe_mode(example):
+    from typing import get_args
+
+    from lbwrap.sb3.recipes import MODES
+
+    assert set(get_args(example.Mode)) == set(MODES)

@@ -177,3 +177,36 @@ def test_seed_fixes_initial_weights_whatever_ran_before_and_leaves_global_rng_al
     other = tiny_safety(hazard(), seed=8)
     assert not torch.equal(next(other.world_model.parameters()),
                            next(first.world_model.parameters()))
+
+
+def test_bf16_autocast_trains_in_mixed_precision_with_float32_weights():
+    """config.autocast="bf16": the forward passes run in bfloat16 (losses differ slightly from
+    float32, on the same batch), weights and optimiser states stay float32, nothing is skipped."""
+    import numpy as np
+    import torch
+    from conftest import make_tiny_safety
+
+    import lbwrap
+
+    env = lbwrap.make_pixel_env("lbwrap/PixelHazard-v0", size=32)
+    losses = {}
+    for mode in ("off", "bf16"):
+        safety = make_tiny_safety(env, autocast=mode)
+        rng = np.random.default_rng(0)
+        obs, _ = env.reset(seed=0)
+        first = True
+        for _ in range(60):
+            action = rng.uniform(-1, 1, 2).astype(np.float32)
+            nxt, reward, term, trunc, info = env.step(action)
+            safety.add_step(obs[None], action[None], np.array([reward]), np.array([info["cost"]]),
+                            np.array([first]), np.array([term]))
+            obs, first = nxt, False
+        metrics = safety.update(1)
+        losses[mode] = metrics["world_model/loss"], metrics["barrier/loss"]
+        assert metrics["world_model/step_skipped"] == 0.0 and metrics["barrier/step_skipped"] == 0.0
+        assert {p.dtype for p in safety.parameters()} == {torch.float32}
+    assert losses["bf16"] != losses["off"]  # autocast engaged
+    np.testing.assert_allclose(losses["bf16"], losses["off"], rtol=0.05)
+    env.close()
+    with pytest.raises(ValueError, match="autocast must be 'off' or 'bf16'"):
+        lbwrap.SafetyModelConfig(autocast="fp8")

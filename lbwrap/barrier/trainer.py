@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, cast
 
 import torch
 
-from lbwrap._optim import GuardedAdam
+from lbwrap._optim import AutocastFactory, GuardedAdam
 from lbwrap.latent_state import LatentDynamics, LatentState
 
 from .action_barrier import ActionBarrierNet
@@ -82,13 +83,16 @@ class BarrierTrainer:
         cost_fn: CostFn | None = None,
         policy: Policy | None = None,
         generator: torch.Generator | None = None,
+        autocast: AutocastFactory | None = None,
     ) -> dict[str, float]:
-        """One gradient step on :func:`compute_barrier_loss` (states detached); its metrics."""
+        """One gradient step on :func:`compute_barrier_loss` (states detached); its metrics.
+        ``autocast``: a context factory for the loss's forward pass (mixed precision)."""
         barrier = cast(BarrierNet, self.barrier)  # see the class docstring
-        loss, metrics = compute_barrier_loss(
-            barrier, self.config, posts, cost, is_first, dynamics=dynamics,
-            cost_fn=cost_fn, policy=policy, generator=generator, detach_states=True,
-        )
+        with (autocast or contextlib.nullcontext)():
+            loss, metrics = compute_barrier_loss(
+                barrier, self.config, posts, cost, is_first, dynamics=dynamics,
+                cost_fn=cost_fn, policy=policy, generator=generator, detach_states=True,
+            )
         metrics.update(self.step(loss))
         return metrics
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lbwrap._optim import GuardedAdam
+from lbwrap._optim import AutocastFactory, GuardedAdam
 from lbwrap.world_model.rssm import WorldModel, WorldModelOutput
 
 __all__ = ["WorldModelTrainer"]
@@ -65,15 +66,19 @@ class WorldModelTrainer:
         self.guard.num_skipped = int(value)
 
     def update(
-        self, batch: Mapping[str, torch.Tensor | np.ndarray]
+        self, batch: Mapping[str, torch.Tensor | np.ndarray],
+        autocast: AutocastFactory | None = None,
     ) -> tuple[dict[str, float], WorldModelOutput]:
         """One optimiser step on ``batch``; returns ``(metrics, output)``.
 
         ``metrics`` has the loss terms plus ``grad_norm``, ``step_skipped`` (1.0 when this step
         was skipped) and ``nonfinite_skipped`` (the cumulative number of skipped steps).
+        ``autocast``: a context factory for the loss's forward pass (mixed precision,
+        :func:`lbwrap._optim.training_autocast`); backward and the step run outside it.
         """
         self.model.train()
-        output = self.model.loss(batch)
+        with (autocast or contextlib.nullcontext)():
+            output = self.model.loss(batch)
         metrics = dict(output.metrics)
         step = self.guard.step(output.loss)
         if step["step_skipped"]:
