@@ -62,10 +62,13 @@ class Args:
     run's)."""
     mode: Mode | None = None
     """How safety enters (lbwrap.sb3.recipes.MODES; default shield)."""
-    preset: Literal["quick", "paper"] | None = None
+    preset: Literal["quick", "paper", "gpu"] | None = None
     """Defaults for the fields left unset (default quick): `quick` finishes on a 2-core CPU in
     under ~12 minutes including evaluation and report; `paper` is the paper's budget (1M env
-    steps, paper-size world model, world-model batches of 32 sequences x 50 steps)."""
+    steps, paper-size world model, world-model batches of 32 sequences x 50 steps); `gpu` is the
+    paper's budget laid out for one CUDA box: 8 envs in worker processes, bf16 world-model and
+    barrier updates in batches of 64 x 50, 8 SAC gradient steps per vector step (one per env
+    transition, as the paper's one per agent step)."""
     total_env_steps: int | None = None
     """Env steps to train for, in total, resumed runs included (quick: 10000 on PixelHazardRun,
     16000 on PixelHazard, 14000 on other envs; paper: 1000000)."""
@@ -128,7 +131,13 @@ class Args:
     seed: int | None = None
     """Seed of layouts, networks and replay sampling (default 0)."""
     num_envs: int | None = None
-    """Parallel envs; > 1 runs them in SubprocVecEnv workers (default 1)."""
+    """Parallel envs; > 1 runs them in SubprocVecEnv workers (default 1; gpu 8)."""
+    sac_gradient_steps: int | None = None
+    """SAC gradient steps per vector step (one vector step = num_envs transitions; default 1,
+    gpu 8)."""
+    autocast: Literal["off", "bf16"] | None = None
+    """Mixed precision of the world-model / barrier training passes (default off, gpu bf16;
+    bf16 is meant for CUDA)."""
     out_dir: Path | None = None
     """Output folder (default runs/<env>-<mode>-<seed>)."""
     eval_episodes: int | None = None
@@ -200,6 +209,17 @@ PRESETS: dict[str, dict[str, Any]] = {
         "shield_predictor": "action_barrier", "intervention_penalty": 0.1,
         "shield_eps": None, "shield_selection": "closest",
     },
+    "gpu": {
+        "total_env_steps": 1_000_000, "size": 64, "action_repeat": 2, "learning_starts": 5000,
+        "batch_size": 512, "buffer_size": 1_000_000, "train_every": 1000, "updates_per_train": 50,
+        "model_learning_starts": 5000, "pretrain_updates": 100, "pretrain_min_unsafe": 3,
+        "model_batch": 64, "model_seq_len": 50, "num_envs": 8, "sac_gradient_steps": 8,
+        "autocast": "bf16",
+        "eval_episodes": 10, "checkpoint_every": 50_000, "metrics_every": 5000,
+        "world_model": "paper", "reward_scale": 10.0, "ent_coef": "auto_0.1", "refresh_every": 0,
+        "shield_predictor": "action_barrier", "intervention_penalty": 0.1,
+        "shield_eps": None, "shield_selection": "closest",
+    },
     "paper": {
         "total_env_steps": 1_000_000, "size": 64, "action_repeat": 2, "learning_starts": 5000,
         "batch_size": 256, "buffer_size": 500_000, "train_every": 1000, "updates_per_train": 100,
@@ -261,7 +281,8 @@ def resolve(args: Args, saved: dict[str, Any] | None = None) -> dict[str, Any]:
     if preset == "quick":
         steps, episodes = QUICK_BUDGET.get(env_id, QUICK_BUDGET["slow"])
         defaults.update(total_env_steps=steps, eval_episodes=episodes)
-    defaults.update(preset=preset, env_id=env_id, mode=DEFAULT_MODE, seed=0, num_envs=1,
+    defaults = {"num_envs": 1, "sac_gradient_steps": 1, "autocast": "off", **defaults}
+    defaults.update(preset=preset, env_id=env_id, mode=DEFAULT_MODE, seed=0,
                     level=BUILTIN_LEVELS.get(env_id), max_episode_steps=None)
     cfg = {**defaults, **base, **explicit}
     if not saved or "preset" in explicit:
@@ -271,7 +292,7 @@ def resolve(args: Args, saved: dict[str, Any] | None = None) -> dict[str, Any]:
     cfg["out_dir"] = Path(cfg["out_dir"])
     for name in ("total_env_steps", "action_repeat", "train_every", "updates_per_train",
                  "metrics_every", "batch_size", "buffer_size", "model_batch", "model_seq_len",
-                 "num_envs"):
+                 "num_envs", "sac_gradient_steps"):
         if int(cfg[name]) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {cfg[name]}")
     if cfg["mode"] not in get_args(Mode):
@@ -347,7 +368,7 @@ def agent_steps(cfg: dict[str, Any], env_steps: int) -> int:
 def safety_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     """Arguments of ``LatentSafetyModel.for_env`` for this run."""
     kwargs: dict[str, Any] = {"preset": cfg["world_model"], "batch_size": cfg["model_batch"],
-                              "seq_len": cfg["model_seq_len"]}
+                              "seq_len": cfg["model_seq_len"], "autocast": cfg["autocast"]}
     if cfg["shield_predictor"] == "prior":
         kwargs["action_barrier"] = None
     elif cfg.get("shield_eps") is not None:
@@ -368,7 +389,7 @@ def build(cfg: dict[str, Any]):
     sac_kwargs: dict[str, Any] = {
         "learning_starts": agent_steps(cfg, cfg["learning_starts"]),
         "batch_size": cfg["batch_size"], "buffer_size": cfg["buffer_size"],
-        "ent_coef": cfg["ent_coef"],
+        "ent_coef": cfg["ent_coef"], "gradient_steps": cfg["sac_gradient_steps"],
     }
     if cfg["tiny"]:
         sac_kwargs["policy_kwargs"] = {"net_arch": [32, 32]}

@@ -406,3 +406,18 @@ def test_example_offers_every_recipe_mode(example):
     from lbwrap.sb3.recipes import MODES
 
     assert set(get_args(example.Mode)) == set(MODES)
+
+
+def test_gpu_preset_lays_out_a_cuda_box_and_runs_on_cpu(example, tmp_path):
+    """--preset gpu: envs in worker processes, bf16 safety-model updates, several SAC gradient
+    steps per vector step; the same layout runs (tiny, 2 envs) on this CPU."""
+    cfg = example.resolve(example.Args(preset="gpu"))
+    assert (cfg["num_envs"], cfg["sac_gradient_steps"], cfg["autocast"]) == (8, 8, "bf16")
+    assert cfg["world_model"] == "paper" and cfg["model_batch"] == 64
+    assert example.safety_kwargs(cfg)["autocast"] == "bf16"
+    assert example.resolve(example.Args())["autocast"] == "off"
+    summary = run(example, [*tiny_argv(tmp_path / "gpu", "--total-env-steps", "400"),
+                            "--preset", "gpu", "--num-envs", "2", "--device", "cpu"])
+    assert summary["env_steps"] == 400 and summary["agent_steps"] == 200
+    built_cfg = json.loads((tmp_path / "gpu" / "run_config.json").read_text())
+    assert built_cfg["num_envs"] == 2 and built_cfg["sac_gradient_steps"] == 8

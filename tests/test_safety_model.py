@@ -197,7 +197,7 @@ def test_bf16_autocast_trains_in_mixed_precision_with_float32_weights():
         first = True
         for _ in range(60):
             action = rng.uniform(-1, 1, 2).astype(np.float32)
-            nxt, reward, term, trunc, info = env.step(action)
+            nxt, reward, term, _trunc, info = env.step(action)
             safety.add_step(obs[None], action[None], np.array([reward]), np.array([info["cost"]]),
                             np.array([first]), np.array([term]))
             obs, first = nxt, False
