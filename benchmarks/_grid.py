@@ -96,6 +96,7 @@ def run_grid(
     address: str | None = None,
     parallel: int = 2,
     on_result: Callable[[str, dict[str, Any], int, int], None] | None = None,
+    gpus_per_run: float = 0.0,
 ) -> dict[str, dict[str, Any]]:
     """Run every job not finished yet on Ray and return ``{name: result}`` for all jobs.
 
@@ -108,6 +109,8 @@ def run_grid(
         address: a running Ray cluster's address; None starts a local one.
         parallel: CPUs of the local cluster (ignored with ``address``).
         on_result: called in the driver as ``on_result(name, result, done, total)``.
+        gpus_per_run: GPUs each run requests (e.g. 0.5: two runs share one GPU). Ray hides the
+            GPUs from tasks that request none, so runs on CUDA must ask for a share.
     """
     names = [name for name, _ in jobs]
     if len(set(names)) != len(names):
@@ -138,7 +141,7 @@ def run_grid(
             init_kwargs["address"] = address
         ray.init(**init_kwargs)
     try:
-        remote = ray.remote(num_cpus=1, max_retries=0)(run_fn)
+        remote = ray.remote(num_cpus=1, num_gpus=gpus_per_run, max_retries=0)(run_fn)
         pending = {remote.remote(payload): (name, payload) for name, payload in todo}
         total, start = len(jobs), time.perf_counter()
         while pending:

@@ -29,6 +29,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import tyro
@@ -113,6 +114,22 @@ class Args:
     ``B_next >= shield_eps``); None: the library's default (``ACTION_BARRIER_EPS``)."""
     eval_episodes: int = 3
     """Deterministic evaluation episodes (each on its own held-out layout)."""
+    num_envs: int = 1
+    """Envs per run; > 1 runs them in SubprocVecEnv workers (the GPU layout: 8)."""
+    device: str = "cpu"
+    """Torch device of agent and safety model ("cuda" on a GPU box)."""
+    world_model: Literal["cpu", "paper"] = "cpu"
+    """World-model size preset (``LatentSafetyModel.for_env(preset=...)``)."""
+    model_batch: int | None = None
+    """World-model batch: sequences per update (None: the model's default, 16)."""
+    model_seq_len: int | None = None
+    """World-model batch: steps per sequence (None: the model's default, 32)."""
+    autocast: Literal["off", "bf16"] = "off"
+    """Mixed precision of the safety-model updates (bf16 on CUDA)."""
+    sac_gradient_steps: int = 1
+    """SAC gradient steps per vector step (one vector step = num_envs transitions)."""
+    sac_batch_size: int = 256
+    """SAC minibatch size."""
     max_episode_steps: int = 500
     """PixelHazard episode length in env steps."""
     parallel: int = 2
@@ -169,16 +186,22 @@ def run_one(job: tuple[Args, str, int]) -> dict:
         intervention_penalty=args.intervention_penalty, penalty_scale=args.penalty_scale,
         shield_selection=args.shield_selection,
         reward_scale=args.reward_scale,
+        num_envs=args.num_envs, subproc=args.num_envs > 1,
         sac_kwargs={"learning_starts": args.learning_starts, "buffer_size": 200_000,
-                    "ent_coef": args.ent_coef},
+                    "ent_coef": args.ent_coef, "gradient_steps": args.sac_gradient_steps,
+                    "batch_size": args.sac_batch_size},
     )
-    safety_kwargs = {"action_barrier": ActionBarrierConfig(horizon=args.label_horizon),
-                     "ready_release_accuracy": args.ready_release_accuracy}
+    safety_kwargs: dict = {"action_barrier": ActionBarrierConfig(horizon=args.label_horizon),
+                           "ready_release_accuracy": args.ready_release_accuracy,
+                           "preset": args.world_model, "autocast": args.autocast}
+    for key, value in (("batch_size", args.model_batch), ("seq_len", args.model_seq_len)):
+        if value is not None:
+            safety_kwargs[key] = value
     if args.shield_eps is not None:
         safety_kwargs["filter"] = FilterConfig(condition="barrier", eps=args.shield_eps,
                                                predictor="action_barrier")
-    built = build_safe_agent([make_env_fn(args, seed)], recipe, seed=seed, device="cpu",
-                             safety_kwargs=safety_kwargs)
+    built = build_safe_agent([make_env_fn(args, seed)] * args.num_envs, recipe, seed=seed,
+                             device=args.device, safety_kwargs=safety_kwargs)
     curve: list[tuple[int, int, float, float]] = []
     episodes: list[tuple[int, float]] = []  # (env step at the end, env return) of each episode
     warmup: dict[str, int] = {}
@@ -186,13 +209,14 @@ def run_one(job: tuple[Args, str, int]) -> dict:
     class Recorder(BaseCallback):
         def _on_step(self) -> bool:
             t = self.num_timesteps
+            n = self.training_env.num_envs
             cot = built.cotrain
-            if t == args.learning_starts:
+            if "violations" not in warmup and t >= args.learning_starts:
                 warmup["violations"] = cot.cumulative_violations
             for info in self.locals.get("infos", []):
                 if "episode" in info:
                     episodes.append((t * args.action_repeat, float(info["episode"]["r"])))
-            if t % 100 == 0:
+            if t // 100 > (t - n) // 100:  # every 100 agent steps (all envs together)
                 rate = cot.interventions / max(cot.shielded_steps, 1)
                 curve.append((t * args.action_repeat, cot.cumulative_violations,
                               float(built.safety.ready), rate))
@@ -240,13 +264,20 @@ def run_one(job: tuple[Args, str, int]) -> dict:
     }
 
 
+#: Settings added after results were committed, with the value those results used: left out of
+#: a run's identity at that value, so that the committed results still match their command.
+ADDED_LATER = {"penalty_scale": 1.0, "num_envs": 1, "device": "cpu", "world_model": "cpu",
+               "model_batch": None, "model_seq_len": None, "autocast": "off",
+               "sac_gradient_steps": 1, "sac_batch_size": 256}
+
+
 def settings_of(job: tuple[Args, str, int]) -> dict:
     """What identifies a run: every setting that changes its result (not out / parallel / ...)."""
     args, mode, seed = job
     skip = {"out", "parallel", "address", "modes", "seeds", "safe_threshold", "safe_window",
             "report_only"}
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()
-              if k not in skip}
+              if k not in skip and not (k in ADDED_LATER and v == ADDED_LATER[k])}
     return {**values, "mode": mode, "seed": seed}
 
 
@@ -328,8 +359,9 @@ def main(args: Args) -> None:
     def on_result(name: str, row: dict, done: int, total: int) -> None:
         report_progress(progress, name, row, done, total, time.perf_counter() - start)
 
+    gpus = 1.0 / max(args.parallel, 1) if args.device.startswith("cuda") else 0.0
     results = run_grid(jobs, run_one, args.out, settings_of, address=args.address,
-                       parallel=args.parallel, on_result=on_result)
+                       parallel=args.parallel, on_result=on_result, gpus_per_run=gpus)
     write_outputs(args, results, time.perf_counter() - start)
 
 

@@ -62,7 +62,10 @@ install_cell() {  # $1 python, $2 stack, $3 venv
 
 for cell in "${CELLS[@]}"; do
   pyv=${cell%%-*}; pyv=${pyv#py}; stack=${cell#*-}
-  py=$(command -v "python$pyv" || true)
+  py=""
+  for candidate in "python$pyv" "$(pyenv root 2>/dev/null)/versions/$pyv"*/bin/"python$pyv"; do
+    if "$candidate" -c "pass" > /dev/null 2>&1; then py="$candidate"; break; fi  # pyenv shims
+  done
   venv="$COMPAT_DIR/$cell"
   log="$COMPAT_DIR/$cell.log"
   echo "== $cell (log: $log)"
