@@ -637,7 +637,9 @@ def _read(path: str | Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = _unpickler_reason(exc)
-        if "Unsupported global" not in reason:  # not a pickle lbwrap could have written
+        # newer torch (2.13) says "Unsupported global: GLOBAL io.open was not an allowed global",
+        # older torch (2.2) "Unsupported class io.open"
+        if "Unsupported global" not in reason and "Unsupported class" not in reason:
             raise IncompatibleCheckpointError(
                 f"{path} could not be read as an lbwrap safety-model checkpoint ({reason})."
             ) from exc
