@@ -93,6 +93,9 @@ class Args:
     """World-model + barrier updates per call."""
     refresh_every: int = 0
     """Agent steps between re-filterings of SB3's stored latents (LatentRefresher); 0: off."""
+    label_discount: float = 0.5
+    """Weight ratio between consecutive steps of the action barrier's label horizon
+    (``ActionBarrierConfig.discount``)."""
     label_horizon: int = 3
     """The action barrier's label horizon (``ActionBarrierConfig.horizon``; runs before
     2026-11-27 used 1)."""
@@ -191,7 +194,8 @@ def run_one(job: tuple[Args, str, int]) -> dict:
                     "ent_coef": args.ent_coef, "gradient_steps": args.sac_gradient_steps,
                     "batch_size": args.sac_batch_size},
     )
-    safety_kwargs: dict = {"action_barrier": ActionBarrierConfig(horizon=args.label_horizon),
+    safety_kwargs: dict = {"action_barrier": ActionBarrierConfig(horizon=args.label_horizon,
+                                                                 discount=args.label_discount),
                            "ready_release_accuracy": args.ready_release_accuracy,
                            "preset": args.world_model, "autocast": args.autocast}
     for key, value in (("batch_size", args.model_batch), ("seq_len", args.model_seq_len)):
@@ -266,7 +270,7 @@ def run_one(job: tuple[Args, str, int]) -> dict:
 
 #: Settings added after results were committed, with the value those results used: left out of
 #: a run's identity at that value, so that the committed results still match their command.
-ADDED_LATER = {"penalty_scale": 1.0, "num_envs": 1, "device": "cpu", "world_model": "cpu",
+ADDED_LATER = {"penalty_scale": 1.0, "label_discount": 0.5, "num_envs": 1, "device": "cpu", "world_model": "cpu",
                "model_batch": None, "model_seq_len": None, "autocast": "off",
                "sac_gradient_steps": 1, "sac_batch_size": 256}
 
