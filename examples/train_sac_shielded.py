@@ -103,9 +103,10 @@ class Args:
     """Margin of the action-barrier shield on its logit scale: a proposal passes when
     ``B_next >= shield_eps`` (preset: see PRESETS; None in a preset: the library's
     ``ACTION_BARRIER_EPS``)."""
-    shield_selection: Literal["closest", "critic"] | None = None
-    """Which passing action replaces a blocked proposal: the closest to it, or the best by
-    SAC's critic (preset: see PRESETS)."""
+    shield_selection: Literal["closest", "critic", "reward"] | None = None
+    """Which passing action replaces a blocked proposal: the closest to it, the best by SAC's
+    critic, or the one with the highest world-model reward at the next state (preset: see
+    PRESETS)."""
     intervention_penalty: float | None = None
     """Reward (env units) subtracted whenever the shield replaces SAC's action, so SAC learns to
     stop proposing what the shield blocks (shield modes; preset 0.1)."""

@@ -47,10 +47,12 @@ from lbwrap.barrier.action_barrier import (
     action_barrier_loss,
     transitions,
 )
+from lbwrap.latent_state import LatentState
 from lbwrap.world_model import SequenceReplay, WorldModel, WorldModelConfig, WorldModelTrainer
 from lbwrap.world_model.checkpoint import atomic_torch_save
 
-__all__ = ["IncompatibleCheckpointError", "LatentSafetyModel", "SafetyModelConfig", "resolve_device"]
+__all__ = ["IncompatibleCheckpointError", "LatentSafetyModel", "SafetyModelConfig",
+           "resolve_device", "reward_scorer"]
 
 #: Default margin of the action-barrier shield, on its logit scale: a proposal passes when
 #: ``B_next >= 2``. Measured (``benchmarks/shield_diagnostics.py``, 30k random steps, 600 updates),
@@ -720,6 +722,38 @@ class ShieldDecision:
 #: observations (m, ...) the agent saw (numpy, as the env returned them); scores (m, K), higher
 #: is better. :func:`lbwrap.sb3.critic_scorer` builds one from an SB3 agent's critic.
 ObservationScorer = Callable[[np.ndarray, torch.Tensor], torch.Tensor]
+
+
+def reward_scorer(safety: LatentSafetyModel) -> ObservationScorer:
+    """An ``action_scorer`` that rates candidates by the world model's predicted reward.
+
+    The shield's substitutes are rated by ``r(z')``, the reward head at the prior-mean next
+    state under each candidate, from the agent's latent features ``cat([deter, stoch])`` (what
+    :class:`~lbwrap.wrappers.LatentObservation` gives the agent). The reward head is trained on
+    real transitions, so among the passing actions it prefers the one that keeps the task's
+    progress (e.g. steering round a hazard rather than stopping), with no agent-specific critic.
+    """
+    wm = safety.world_model
+    deter_dim = wm.config.deter_dim
+
+    def score(observations: np.ndarray, candidates: torch.Tensor) -> torch.Tensor:
+        m, k, a = candidates.shape
+        feats = torch.as_tensor(np.asarray(observations), dtype=torch.float32,
+                                device=safety.device).reshape(m, -1)
+        if feats.shape[1] != wm.feature_dim:
+            raise ValueError(f"reward_scorer needs the latent features ({wm.feature_dim},) the "
+                             f"agent sees, got observations of shape {tuple(feats.shape[1:])}")
+        rep = feats.repeat_interleave(k, dim=0)
+        stoch = rep[:, deter_dim:]
+        state = LatentState(deter=rep[:, :deter_dim], stoch=stoch, mean=stoch,
+                            std=torch.zeros_like(stoch))
+        acts = candidates.reshape(m * k, a).to(device=safety.device, dtype=torch.float32)
+        with torch.no_grad():
+            nxt = wm.img_step(state, acts, sample=False)
+            reward = wm.predict_reward(nxt.features)
+        return reward.view(m, k).to(candidates.device)
+
+    return score
 
 
 def bind_observations(scorer: ObservationScorer | None, observations: np.ndarray | None

@@ -71,3 +71,35 @@ def test_recipe_binds_the_critic_and_the_shield_executes_its_favourite_safe_acti
         assert built.agent is other and shield.action_scorer is not spy
     finally:
         ab.forward = original  # type: ignore[method-assign]
+
+
+def test_reward_scorer_rates_candidates_by_the_world_models_next_reward():
+    """shield_selection="reward": each candidate's score is the reward head at the prior-mean
+    next state from the agent's latent features; the recipe and a loaded agent bind it."""
+    from lbwrap.latent_state import LatentState
+    from lbwrap.safety_model import reward_scorer
+    from lbwrap.sb3 import SafePixelAgent
+
+    built = build_safe_agent([run_env], AgentRecipe(mode="shield", shield_selection="reward",
+                                                    sac_kwargs=SAC_KW),
+                             seed=0, device="cpu", safety_kwargs=TINY)
+    safety = built.safety
+    obs = built.env.reset()
+    cand = torch.rand(1, 6, 2) * 2 - 1
+    scores = reward_scorer(safety)(obs, cand)
+    assert scores.shape == (1, 6)
+    wm = safety.world_model
+    feats = torch.as_tensor(obs, dtype=torch.float32)
+    d = wm.config.deter_dim
+    for j in range(6):
+        state = LatentState(deter=feats[:, :d], stoch=feats[:, d:], mean=feats[:, d:],
+                            std=torch.zeros_like(feats[:, d:]))
+        expected = wm.predict_reward(wm.img_step(state, cand[:, j], sample=False).features)
+        assert scores[0, j].item() == pytest.approx(expected.item(), abs=1e-5)
+    assert built.action_scorer is not None  # bound to the shield by the recipe
+    settings = built.settings()
+    assert settings.shield_selection == "reward"
+    assert SafePixelAgent(built.agent, safety, settings).action_scorer is not None
+    with pytest.raises(ValueError, match="latent features"):
+        reward_scorer(safety)(np.zeros((1, 3), np.float32), cand)
+    built.env.close()

@@ -86,7 +86,8 @@ class AgentSettings:
     observation_shape: tuple[int, ...]
     """Shape of one pixel observation, e.g. ``(3, 64, 64)`` (channel-first) or ``(64, 64, 3)``."""
     shield_selection: str = "closest"
-    """How the shield picks a substitute: ``closest`` or ``critic`` (the agent's critic)."""
+    """How the shield picks a substitute: ``closest``, ``critic`` (the agent's critic) or
+    ``reward`` (the world model's predicted reward)."""
     intervention_penalty: float = 0.0
     """Training-only reward shaping of the shield (recorded, not used for acting)."""
     reward_scale: float = 1.0
@@ -100,8 +101,8 @@ class AgentSettings:
         object.__setattr__(self, "observation_shape", tuple(int(d) for d in self.observation_shape))
         if self.algorithm not in _algorithm_names():
             raise ValueError(f"algorithm must be one of {_algorithm_names()}, got {self.algorithm!r}")
-        if self.shield_selection not in ("closest", "critic"):
-            raise ValueError(f"shield_selection must be 'closest' or 'critic', got "
+        if self.shield_selection not in ("closest", "critic", "reward"):
+            raise ValueError(f"shield_selection must be 'closest', 'critic' or 'reward', got "
                              f"{self.shield_selection!r}")
 
     @property

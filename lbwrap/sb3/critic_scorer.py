@@ -18,9 +18,26 @@ import torch
 from gymnasium import spaces
 from stable_baselines3.common.base_class import BaseAlgorithm
 
-from lbwrap.safety_model import ObservationScorer
+from lbwrap.safety_model import LatentSafetyModel, ObservationScorer, reward_scorer
 
-__all__ = ["critic_scorer"]
+__all__ = ["SHIELD_SELECTIONS", "critic_scorer", "selection_scorer"]
+
+#: How a shield picks a blocked proposal's substitute among the passing candidates.
+SHIELD_SELECTIONS = ("closest", "critic", "reward")
+
+
+def selection_scorer(selection: str, agent: BaseAlgorithm,
+                     safety: LatentSafetyModel) -> ObservationScorer | None:
+    """The shield's ``action_scorer`` for ``selection``: None (the closest action), the agent's
+    critic (:func:`critic_scorer`) or the world model's predicted reward
+    (:func:`lbwrap.safety_model.reward_scorer`)."""
+    if selection not in SHIELD_SELECTIONS:
+        raise ValueError(f"shield selection must be one of {SHIELD_SELECTIONS}, got {selection!r}")
+    if selection == "critic":
+        return critic_scorer(agent)
+    if selection == "reward":
+        return reward_scorer(safety)
+    return None
 
 
 def critic_scorer(agent: BaseAlgorithm) -> ObservationScorer:

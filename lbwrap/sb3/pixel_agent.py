@@ -38,7 +38,7 @@ from lbwrap.sb3.checkpoint import (
     find_checkpoint,
     save_checkpoint_set,
 )
-from lbwrap.sb3.critic_scorer import critic_scorer
+from lbwrap.sb3.critic_scorer import selection_scorer
 
 __all__ = ["PixelAgentState", "SafePixelAgent"]
 
@@ -82,8 +82,8 @@ class SafePixelAgent:
         self.agent = agent
         self.safety = safety
         self.settings = settings
-        if action_scorer is None and settings.shield and settings.shield_selection == "critic":
-            action_scorer = critic_scorer(agent)
+        if action_scorer is None and settings.shield:
+            action_scorer = selection_scorer(settings.shield_selection, agent, safety)
         self.action_scorer = action_scorer
         self.last_decision: ShieldDecision | None = None
         """What the shield did in the last ``predict`` call (None before the first, and

@@ -31,7 +31,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from lbwrap.safety_model import LatentSafetyModel, ObservationScorer
 from lbwrap.sb3.callback import CoTrainCallback
 from lbwrap.sb3.checkpoint import AgentSettings, algorithm_name
-from lbwrap.sb3.critic_scorer import critic_scorer
+from lbwrap.sb3.critic_scorer import SHIELD_SELECTIONS, selection_scorer
 from lbwrap.sb3.executed_actions import ExecutedActionRelabel
 from lbwrap.sb3.lagrangian import LagrangianLoggerCallback, VecLagrangianPenalty
 from lbwrap.sb3.pixel_agent import SafePixelAgent
@@ -75,10 +75,11 @@ class AgentRecipe:
     intervention_penalty: float = 0.0
     """Reward (env units) subtracted when the shield replaces the agent's action (shield modes):
     teaches the agent to stop proposing what the shield blocks."""
-    shield_selection: Literal["closest", "critic"] = "closest"
+    shield_selection: Literal["closest", "critic", "reward"] = "closest"
     """How the shield picks a replaced action's substitute among the passing candidates:
     ``"closest"`` to the proposal, or the one the agent's ``"critic"`` rates highest
-    (:func:`~lbwrap.sb3.critic_scorer`)."""
+    (:func:`~lbwrap.sb3.critic_scorer`), or the highest world-model ``"reward"`` at the next
+    state (:func:`~lbwrap.safety_model.reward_scorer`)."""
     cost_limit: float = 25.0
     lambda_lr: float = 0.05
     barrier_weight: float = 1.0
@@ -98,10 +99,9 @@ class AgentRecipe:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if not self.reward_scale > 0:
             raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
-        if self.shield_selection not in ("closest", "critic"):
-            raise ValueError(
-                f"shield_selection must be 'closest' or 'critic', got {self.shield_selection!r}"
-            )
+        if self.shield_selection not in SHIELD_SELECTIONS:
+            raise ValueError(f"shield_selection must be one of {SHIELD_SELECTIONS}, got "
+                             f"{self.shield_selection!r}")
         if self.refresh_every < 0:
             raise ValueError(f"refresh_every must be >= 0 (0: off), got {self.refresh_every}")
 
@@ -156,8 +156,8 @@ class SafeAgent:
 
 def _bind_scorer(stack: VecEnv, agent: BaseAlgorithm, recipe: AgentRecipe) -> None:
     shield = find_vec_shield(stack)
-    if shield is not None and recipe.shield_selection == "critic":
-        shield.action_scorer = critic_scorer(agent)
+    if shield is not None:
+        shield.action_scorer = selection_scorer(recipe.shield_selection, agent, shield.safety)
 
 
 def build_safe_agent(
