@@ -268,3 +268,24 @@ def test_penalty_shield_mode_stacks_the_penalty_outside_the_shield(tiny_safety):
             0.05 if info["shield_intervened"] else 0.0)
         assert info["shield_active"] and rewards[0] == pytest.approx(expected, abs=1e-6)
     built.env.close()
+
+
+def test_record_video_works_on_the_shielded_stack(tiny_safety, tmp_path):
+    """Gymnasium's RecordVideo on BarrierShield(LatentObservation(pixel env)): the wrappers'
+    render() gives the camera frame, and their infos compare equal to themselves."""
+    pytest.importorskip("moviepy")
+    from gymnasium.wrappers import RecordVideo
+
+    base = pixel_hazard(max_episode_steps=20)
+    safety = tiny_safety(base)
+    safety.force_ready = True
+    env = RecordVideo(BarrierShield(LatentObservation(base, safety), safety), str(tmp_path),
+                      episode_trigger=lambda episode: True, disable_logger=True)
+    env.reset(seed=0)
+    done = False
+    while not done:
+        _, _, terminated, truncated, _ = env.step(np.zeros(2, np.float32))
+        done = terminated or truncated
+    env.close()
+    videos = list(tmp_path.glob("*.mp4"))
+    assert len(videos) == 1 and videos[0].stat().st_size > 1000
