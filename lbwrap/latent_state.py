@@ -12,7 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-__all__ = ["LatentDynamics", "LatentState"]
+__all__ = ["LatentDynamics", "LatentState", "rollout"]
 
 
 @dataclass
@@ -76,3 +76,29 @@ class LatentDynamics(Protocol):
         With ``sample=False`` the returned ``stoch`` is the prior mean (deterministic prediction).
         """
         ...
+
+
+def rollout(
+    dynamics: LatentDynamics,
+    start: LatentState,
+    horizon: int,
+    action_at: Callable[[int, LatentState], torch.Tensor],
+    sample: bool = True,
+) -> tuple[list[LatentState], list[torch.Tensor]]:
+    """The one imagined rollout of lbwrap: ``horizon`` prior steps from ``start`` (N, ...).
+
+    ``action_at(t, state)`` gives the action (N, A) taken at step ``t`` from ``state`` (a policy,
+    a fixed action sequence, a repeated candidate). Returns the ``horizon`` states reached (each
+    after its action) and the actions, as lists; gradients flow through ``img_step`` and the
+    actions exactly as autograd allows. The world model's ``imagine``, the barrier's training
+    rollouts, the shield's lookahead and BarrierSAC's actor term all step through here.
+    """
+    if horizon < 1:
+        raise ValueError(f"horizon: expected >= 1, actual {horizon}")
+    state, states, actions = start, [], []
+    for t in range(horizon):
+        action = action_at(t, state)
+        state = dynamics.img_step(state, action, sample=sample)
+        states.append(state)
+        actions.append(action)
+    return states, actions

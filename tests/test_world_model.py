@@ -399,3 +399,21 @@ def test_cuda_follows_parameters() -> None:  # pragma: no cover - GPU only
     assert out.posts.deter.device.type == "cuda"
     state = m.observe_step(None, torch.zeros(3, A), batch["obs"][:, 0])
     assert state.deter.device.type == "cuda"
+
+
+def test_one_rollout_steps_every_imagination():
+    """lbwrap.latent_state.rollout: horizon states, each after its action; the world model's
+    imagine gives the same states for the same actions."""
+    from lbwrap.latent_state import rollout
+
+    torch.manual_seed(0)
+    model = WorldModel(WorldModelConfig(action_dim=2, image_size=32, cnn_depth=4, deter_dim=16,
+                                        stoch_dim=4, hidden_dim=16, head_hidden_dim=16))
+    start = model.initial_state(3)
+    actions = torch.rand(3, 4, 2) * 2 - 1
+    states, taken = rollout(model, start, 4, lambda t, _s: actions[:, t], sample=False)
+    assert len(states) == 4 and all(torch.equal(a, actions[:, t]) for t, a in enumerate(taken))
+    imagined, _ = model.imagine(start, actions, sample=False)
+    torch.testing.assert_close(imagined.deter[:, -1], states[-1].deter)
+    with pytest.raises(ValueError, match="horizon"):
+        rollout(model, start, 0, lambda t, _s: actions[:, 0])

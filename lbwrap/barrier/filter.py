@@ -26,7 +26,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from lbwrap.latent_state import LatentDynamics, LatentState
+from lbwrap.latent_state import LatentDynamics, LatentState, rollout
 
 from . import _random
 from .action_barrier import ActionBarrierNet
@@ -227,9 +227,10 @@ class SafeActionFilter:
             return b >= cfg.eps, b, b
         ok = torch.ones_like(b_now, dtype=torch.bool)
         prev, worst, first = b_now, None, None
-        for _ in range(cfg.lookahead):
-            state = self.dynamics.img_step(state, action, sample=False)
-            b = self.barrier.value(state)
+        reached, _ = rollout(self.dynamics, state, cfg.lookahead, lambda _t, _s: action,
+                             sample=False)  # the candidate, repeated
+        for next_state in reached:
+            b = self.barrier.value(next_state)
             if cfg.condition == "barrier":
                 ok = ok & (b >= cfg.eps)
             else:

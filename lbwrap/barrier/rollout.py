@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from lbwrap.latent_state import LatentDynamics, LatentState
+from lbwrap.latent_state import LatentDynamics, LatentState, rollout
 
 from . import _random
 
@@ -46,19 +46,13 @@ def imagine(
     """
     if horizon < 1:
         raise ValueError(f"horizon: expected >= 1, actual {horizon}")
-    state = start
-    states = [state]
-    for _ in range(horizon):
+
+    def action_at(_t: int, state: LatentState) -> torch.Tensor:
         if policy is not None:
-            action = policy(state)
-        else:
-            action = uniform_actions(
-                state.stoch.shape[0],
-                dynamics.action_dim,
-                device=state.stoch.device,
-                dtype=state.stoch.dtype,
-                generator=generator,
-            )
-        state = dynamics.img_step(state, action, sample=sample)
-        states.append(state)
-    return LatentState.stack(states, dim=1)
+            return policy(state)
+        return uniform_actions(state.stoch.shape[0], dynamics.action_dim,
+                               device=state.stoch.device, dtype=state.stoch.dtype,
+                               generator=generator)
+
+    states, _ = rollout(dynamics, start, horizon, action_at, sample=sample)
+    return LatentState.stack([start, *states], dim=1)

@@ -50,7 +50,7 @@ from stable_baselines3.sac.policies import SACPolicy
 from torch.nn import functional as F
 
 from lbwrap.barrier.losses import decrease_lhs
-from lbwrap.latent_state import LatentState
+from lbwrap.latent_state import LatentState, rollout
 from lbwrap.safety_model import LatentSafetyModel, SafetyModelConfig
 from lbwrap.sb3.vec_wrappers import VecLatentObservation
 from lbwrap.world_model.rssm import LOSS_ONLY_FIELDS
@@ -152,16 +152,16 @@ def barrier_actor_loss(
     dec_terms: list[th.Tensor] = []
     margin_terms: list[th.Tensor] = []
     b_nexts: list[th.Tensor] = []
+    def action_at(t: int, current: LatentState) -> th.Tensor:
+        squashed = first_actions if t == 0 and first_actions is not None else actor(
+            current.features)
+        return scale_actions(squashed.to(device, th.float32), low, high)
+
     with _frozen(safety):
         b = safety.barrier.value(state)
-        for t in range(horizon):
-            if t == 0 and first_actions is not None:
-                squashed = first_actions
-            else:
-                squashed = actor(state.features)
-            action = scale_actions(squashed.to(device, th.float32), low, high)
-            state = wm.img_step(state, action, sample=False)
-            b_next = safety.barrier.value(state)
+        reached, _ = rollout(wm, state, horizon, action_at, sample=False)
+        for next_state in reached:
+            b_next = safety.barrier.value(next_state)
             dec_terms.append(F.relu(cfg.eps - decrease_lhs(b, b_next, cfg.dt, cfg.alpha)))
             margin_terms.append(F.relu(cfg.eps - b_next))
             b_nexts.append(b_next)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lbwrap.latent_state import LatentState
+from lbwrap.latent_state import LatentState, rollout
 from lbwrap.world_model.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -291,16 +291,13 @@ class WorldModel(nn.Module):
             policy = None
         if horizon < 1:
             raise ValueError(f"imagine: horizon must be >= 1, got {horizon}")
-        state, states, taken = start, [], []
-        for t in range(horizon):
+        def action_at(t: int, state: LatentState) -> torch.Tensor:
             if policy is not None:
-                action = policy(state)
-            else:
-                assert actions is not None  # set whenever policy is None
-                action = actions[:, t]
-            state = self.img_step(state, action, sample)
-            states.append(state)
-            taken.append(action)
+                return policy(state)
+            assert actions is not None  # set whenever policy is None
+            return actions[:, t]
+
+        states, taken = rollout(self, start, horizon, action_at, sample=sample)
         return LatentState.stack(states, dim=1), torch.stack(taken, dim=1)
 
     # ---------------------------------------------------------------- heads
