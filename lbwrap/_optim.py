@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["AutocastFactory", "GuardedAdam", "training_autocast"]
+__all__ = ["AutocastFactory", "GuardedAdam", "GuardedTrainer", "training_autocast"]
 
 #: ``() -> context manager`` entered around a training forward pass (see :func:`training_autocast`).
 AutocastFactory = Callable[[], contextlib.AbstractContextManager[Any]]
@@ -95,3 +95,31 @@ class GuardedAdam:
         self.optimizer.load_state_dict(state["optimizer"])
         self.num_updates = int(state.get("num_updates", 0))
         self.num_skipped = int(state.get("num_skipped", state.get("nonfinite_skipped", 0)))
+
+
+class GuardedTrainer:
+    """Base of the model trainers: they own a :class:`GuardedAdam` as ``guard`` and expose its
+    optimiser and counters under the same names."""
+
+    guard: GuardedAdam
+
+    @property
+    def optimizer(self) -> torch.optim.Adam:
+        return self.guard.optimizer
+
+    @property
+    def num_updates(self) -> int:
+        return self.guard.num_updates
+
+    @num_updates.setter
+    def num_updates(self, value: int) -> None:
+        self.guard.num_updates = int(value)
+
+    @property
+    def num_skipped(self) -> int:
+        """Steps skipped so far because the loss or the gradient norm was NaN/inf."""
+        return self.guard.num_skipped
+
+    @num_skipped.setter
+    def num_skipped(self, value: int) -> None:
+        self.guard.num_skipped = int(value)

@@ -7,7 +7,7 @@ from typing import Any, cast
 
 import torch
 
-from lbwrap._optim import AutocastFactory, GuardedAdam
+from lbwrap._optim import AutocastFactory, GuardedAdam, GuardedTrainer
 from lbwrap.latent_state import LatentDynamics, LatentState
 
 from .action_barrier import ActionBarrierNet
@@ -19,7 +19,7 @@ from .rollout import Policy
 __all__ = ["BarrierTrainer"]
 
 
-class BarrierTrainer:
+class BarrierTrainer(GuardedTrainer):
     """Adam on the barrier's parameters only (never the world model's).
 
     Args:
@@ -52,27 +52,6 @@ class BarrierTrainer:
     @property
     def grad_clip(self) -> float:
         return float(self.guard.grad_clip or 0.0)
-
-    @property
-    def optimizer(self) -> torch.optim.Adam:
-        return self.guard.optimizer
-
-    @property
-    def num_updates(self) -> int:
-        return self.guard.num_updates
-
-    @num_updates.setter
-    def num_updates(self, value: int) -> None:
-        self.guard.num_updates = int(value)
-
-    @property
-    def num_skipped(self) -> int:
-        """Steps skipped so far because the loss or the gradient norm was NaN/inf."""
-        return self.guard.num_skipped
-
-    @num_skipped.setter
-    def num_skipped(self, value: int) -> None:
-        self.guard.num_skipped = int(value)
 
     def update(
         self,

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lbwrap._optim import AutocastFactory, GuardedAdam
+from lbwrap._optim import AutocastFactory, GuardedAdam, GuardedTrainer
 from lbwrap.world_model.rssm import WorldModel, WorldModelOutput
 
 __all__ = ["WorldModelTrainer"]
@@ -18,7 +18,7 @@ __all__ = ["WorldModelTrainer"]
 logger = logging.getLogger(__name__)
 
 
-class WorldModelTrainer:
+class WorldModelTrainer(GuardedTrainer):
     """Owns the world model's optimiser (:class:`lbwrap._optim.GuardedAdam`).
 
     Defaults: ``lr=6e-4`` (Dreamer v1), ``eps=1e-5``, gradient-norm clip 100. The paper's
@@ -37,33 +37,12 @@ class WorldModelTrainer:
                                  weight_decay=weight_decay)
 
     @property
-    def optimizer(self) -> torch.optim.Adam:
-        return self.guard.optimizer
-
-    @property
     def grad_clip(self) -> float | None:
         return self.guard.grad_clip
 
     @grad_clip.setter
     def grad_clip(self, value: float | None) -> None:
         self.guard.grad_clip = value
-
-    @property
-    def num_updates(self) -> int:
-        return self.guard.num_updates
-
-    @num_updates.setter
-    def num_updates(self, value: int) -> None:
-        self.guard.num_updates = int(value)
-
-    @property
-    def num_skipped(self) -> int:
-        """Steps skipped so far because the loss or the gradient norm was NaN/inf."""
-        return self.guard.num_skipped
-
-    @num_skipped.setter
-    def num_skipped(self, value: int) -> None:
-        self.guard.num_skipped = int(value)
 
     def update(
         self, batch: Mapping[str, torch.Tensor | np.ndarray],
