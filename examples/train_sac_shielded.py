@@ -423,7 +423,7 @@ def pixel_settings(cfg: dict[str, Any], built: Any):
     return built.settings(cfg["env_id"], dict(env_factory(cfg).keywords))
 
 
-def save_checkpoint(out_dir: Path, cfg: dict[str, Any], built: Any, recorder: Any) -> Path:
+def save_checkpoint(out_dir: Path, cfg: dict[str, Any], built: Any, recorder: Any) -> Any:
     """Write agent, safety model, settings and run state as one set under ``out_dir/checkpoints``
     (``lbwrap.sb3.save_checkpoint_set``: assembled aside, renamed into place, older sets removed)."""
     from lbwrap.sb3 import save_checkpoint_set
@@ -440,7 +440,7 @@ def save_checkpoint(out_dir: Path, cfg: dict[str, Any], built: Any, recorder: An
     saved = save_checkpoint_set(out_dir / CHECKPOINTS, built.agent, built.safety,
                                 pixel_settings(cfg, built), run_state=run_state,
                                 include_replay=cfg["save_replay"])
-    return saved.folder
+    return saved
 
 
 def make_checkpoint_callback(every: int, save: Any):
@@ -464,14 +464,12 @@ def make_checkpoint_callback(every: int, save: Any):
     return Checkpoint()
 
 
-def load_checkpoint(cfg: dict[str, Any], built: Any) -> dict[str, Any]:
-    """Load the newest complete checkpoint set of ``out_dir`` into ``built``; returns its run
-    state (``RunMismatchError`` when it does not fit the run being resumed)."""
+def load_checkpoint(cfg: dict[str, Any], built: Any, found: Any) -> dict[str, Any]:
+    """Load the verified checkpoint set ``found`` (``check_resumable``) into ``built``; returns
+    its run state (``RunMismatchError`` when it does not fit the run being resumed)."""
     from lbwrap.safety_model import IncompatibleCheckpointError
-    from lbwrap.sb3 import find_checkpoint
 
     out_dir: Path = cfg["out_dir"]
-    found = find_checkpoint(out_dir / CHECKPOINTS)
     try:
         built.safety.load_checkpoint(found.safety_path)
     except (IncompatibleCheckpointError, RuntimeError) as exc:
@@ -497,19 +495,15 @@ def load_checkpoint(cfg: dict[str, Any], built: Any) -> dict[str, Any]:
     return state
 
 
-def last_checkpoint(out_dir: Path) -> str:
-    """The newest complete checkpoint set of a run, in words."""
-    from lbwrap.sb3 import find_checkpoint
-
-    try:
-        found = find_checkpoint(out_dir / CHECKPOINTS)
-    except FileNotFoundError:
+def describe_checkpoint(saved: Any) -> str:
+    """A checkpoint set (or None: none yet), in words."""
+    if saved is None:
         return "not saved (no checkpoint yet)"
-    return f"checkpoint {found.folder} (agent step {found.step}; continue with --resume)"
+    return f"checkpoint {saved.folder} (agent step {saved.step}; continue with --resume)"
 
 
-def check_resumable(out_dir: Path) -> bool:
-    """Whether the run in ``out_dir`` has a checkpoint set to continue from (False: it stopped
+def check_resumable(out_dir: Path) -> Any:
+    """The verified checkpoint set the run in ``out_dir`` continues from (None: it stopped
     before its first one, so it starts again); raises, naming the fix, when there is no run or
     its checkpoints are unusable."""
     from lbwrap.sb3 import find_checkpoint
@@ -524,14 +518,13 @@ def check_resumable(out_dir: Path) -> bool:
             f"safety_model.pt at the top, no {CHECKPOINTS}/): evaluate its files with "
             "lbwrap.eval.evaluate_agent, or start a new run in another --out-dir.")
     if not (out_dir / CHECKPOINTS).exists():
-        return False  # stopped before its first checkpoint
+        return None  # stopped before its first checkpoint
     try:
-        find_checkpoint(out_dir / CHECKPOINTS)
+        return find_checkpoint(out_dir / CHECKPOINTS)
     except FileNotFoundError as exc:
         raise FileNotFoundError(
             f"--resume: {out_dir} holds no complete checkpoint ({exc}). Start the run "
             "without --resume (in another --out-dir, or delete this one).") from exc
-    return True
 
 
 # ------------------------------------------------------------------------------------ main
@@ -554,15 +547,15 @@ def main(args: Args) -> dict[str, Any]:
 
     start = time.perf_counter()
     saved: dict[str, Any] | None = None
-    resuming = False  # loading a checkpoint (--resume of a run that has one)
+    found = None  # the checkpoint set to load (--resume of a run that has one)
     if args.resume:
         probe = resolve(args)  # only to find the folder
         out_dir = probe["out_dir"]
-        resuming = check_resumable(out_dir)
+        found = check_resumable(out_dir)
         saved = json.loads((out_dir / "run_config.json").read_text())
         cfg = resolve(args, saved)
         check_identity(cfg, saved, out_dir)
-        if not resuming:
+        if found is None:
             print(f"{out_dir} holds no checkpoint yet (the run stopped before its first one): "
                   "starting it again from step 0 with its saved settings")
     else:
@@ -575,13 +568,14 @@ def main(args: Args) -> dict[str, Any]:
                 "it, or choose another --out-dir (or delete the folder)."
             )
     out_dir = cfg["out_dir"]
+    resuming = found is not None
     torch.set_num_threads(max(1, int(cfg["threads"])))
 
     built = build(cfg)
     state: dict[str, Any] = {}
     if resuming:
         try:
-            state = load_checkpoint(cfg, built)
+            state = load_checkpoint(cfg, built, found)
         except Exception:
             built.env.close()
             raise
@@ -600,9 +594,11 @@ def main(args: Args) -> dict[str, Any]:
     if state:
         recorder.load_state_dict(state.get("recorder", {}))
 
+    newest = [found]  # the newest set on disk (what a resume would load)
+
     def save() -> None:
         check_finite(built.agent, built.safety)  # never replace the last finite state
-        save_checkpoint(out_dir, cfg, built, recorder)
+        newest[0] = save_checkpoint(out_dir, cfg, built, recorder)
 
     checkpoint = make_checkpoint_callback(agent_steps(cfg, cfg["checkpoint_every"]), save)
     guard = NonFiniteGuard(built.safety, check_every=max(1, agent_steps(cfg, cfg["metrics_every"])))
@@ -622,7 +618,7 @@ def main(args: Args) -> dict[str, Any]:
             interrupted = True
         except NonFiniteWeightsError:
             built.env.close()
-            print(f"stopped: non-finite weights; the last finite state is {last_checkpoint(out_dir)}")
+            print(f"stopped: non-finite weights; the last finite state is {describe_checkpoint(newest[0])}")
             raise
         except Exception:  # keep what was learned, then let the error through
             try:
@@ -662,7 +658,7 @@ def main(args: Args) -> dict[str, Any]:
         "barrier_ready": bool(built.safety.ready),
         "barrier_accuracy_ema": float(built.safety.accuracy_ema),
         "skipped_updates": built.safety.skipped_updates,
-        "checkpoint": last_checkpoint(out_dir),
+        "checkpoint": describe_checkpoint(newest[0]),
         "eval": ev, "interrupted": interrupted,
         "wall_s_session": wall, "train_wall_s_session": train_s,
         "train_wall_s_total": recorder.wall_s,
