@@ -317,3 +317,25 @@ def test_settings_of_a_built_agent_describe_how_it_acts(trained):
     plain = SafePixelAgent.from_training(trained.agent, trained.safety, shield=False)
     assert plain.settings.observation_shape == (3, 32, 32) and plain.settings.mode == "none"
     assert plain.settings.algorithm == "SAC"
+
+
+def test_evaluate_agent_refuses_an_env_without_image_observations(trained):
+    from lbwrap.eval import evaluate_agent
+
+    env = _NoShapeEnv()
+    with pytest.raises(ValueError, match="needs a pixel env.*make_pixel_env"):
+        evaluate_agent(trained.agent, lambda: env, trained.safety, episodes=1)
+    assert env.closed
+
+
+class _NoShapeEnv:
+    """An env whose observation space has no shape (a Dict space)."""
+
+    def __init__(self) -> None:
+        from gymnasium import spaces
+
+        self.observation_space = spaces.Dict({"a": spaces.Discrete(2)})
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True

@@ -98,12 +98,24 @@ def evaluate_agent(
     safety model (and the shield when ``shield``, with ``action_scorer`` choosing substitutes
     as in training); ``make_env`` builds the pixel env.
     """
-    probe = make_env()
-    # a pixel env's Box; an env without a shape raises TypeError here, as it always did
-    shape = tuple(cast(tuple[int, ...], probe.observation_space.shape))
-    probe.close()
+    first = make_env()  # its observation shape, then the first episode's env
+    shape = getattr(first.observation_space, "shape", None)
+    if not shape:
+        first.close()
+        raise ValueError(f"evaluate_agent needs a pixel env (an image Box observation), got "
+                         f"{first.observation_space}: build it with lbwrap.make_pixel_env or "
+                         "as_pixel_env")
     pixel_agent = SafePixelAgent.from_training(agent, safety, shield=shield,
-                                               observation_shape=shape)
+                                               observation_shape=tuple(cast(tuple, shape)))
     pixel_agent.action_scorer = action_scorer
-    return evaluate_pixel_agent(pixel_agent, make_env, episodes=episodes,
-                                seed_offset=seed_offset, deterministic=deterministic)
+    unused = [first]
+
+    def make() -> gym.Env:
+        return unused.pop() if unused else make_env()
+
+    try:
+        return evaluate_pixel_agent(pixel_agent, make, episodes=episodes,
+                                    seed_offset=seed_offset, deterministic=deterministic)
+    finally:
+        for env in unused:  # episodes=0
+            env.close()
