@@ -31,7 +31,7 @@ typecheck: setup
 	$(PY) -m mypy
 
 ## The compatibility matrix (Python 3.10-3.12 x oldest/newest stack, throwaway venvs; about an
-## hour and ~15 GB of downloads): results in /tmp/lbwrap-compat/results.csv. Not part of CI.
+## tens of minutes and several GB of downloads): results in /tmp/lbwrap-compat/results.csv. Not part of CI.
 test-compat:
 	scripts/test_compat.sh
 
