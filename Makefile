@@ -30,7 +30,7 @@ test-all: setup
 typecheck: setup
 	$(PY) -m mypy
 
-## The compatibility matrix (Python 3.10-3.12 x oldest/newest stack, throwaway venvs; about an
+## The compatibility matrix (Python 3.10-3.12 x oldest/newest stack, throwaway venvs;
 ## tens of minutes and several GB of downloads): results in /tmp/lbwrap-compat/results.csv. Not part of CI.
 test-compat:
 	scripts/test_compat.sh
