@@ -130,13 +130,12 @@ def _removed_wrapper_modules() -> Iterator[None]:
             sys.modules.pop(full, None)
 
 
-def _patch_imported_safety_gymnasium(sg: ModuleType) -> None:
+def _patch_imported_safety_gymnasium() -> None:
     """After the import, on Gymnasium 1.x: the ``EnvSpec`` fields and the viewer size."""
     from gymnasium.envs.registration import EnvSpec
     from safety_gymnasium.bases import underlying
     from safety_gymnasium.utils import registration
 
-    del sg  # the patches go to its submodules
     # safety-gymnasium's make() reads spec.autoreset / spec.apply_api_compatibility, fields that
     # Gymnasium 1.0 dropped (neither applies there), and builds specs with both set to False.
     old_spec = _spec_class_with_old_fields(EnvSpec)
@@ -205,7 +204,7 @@ def import_safety_gymnasium() -> ModuleType:
             with contextlib.redirect_stderr(io.StringIO()):
                 sg = importlib.import_module("safety_gymnasium")
         if GYMNASIUM_1:
-            _patch_imported_safety_gymnasium(sg)
+            _patch_imported_safety_gymnasium()
         return sg
     except ImportError as exc:
         raise SafetyGymUnavailableError(
