@@ -21,7 +21,9 @@ actor is rolled ``barrier_horizon`` steps through the world model's prior (``img
 shield's margin is not used: with the default action-barrier shield it lives on that network's
 logit scale, not on B's.)
 ``barrier_weight * barrier_loss`` is added to SAC's actor loss only while ``safety.ready``
-(an untrained barrier is noise) or with ``barrier_always=True``. The world model and barrier
+(an untrained barrier is noise) or with ``barrier_always=True``. SB3's ``SAC.train`` runs
+unchanged: the term's gradient joins the actor's before each actor step (see
+:meth:`BarrierSAC.train`). The world model and barrier
 are frozen while the term is built, so the actor step neither updates nor leaves gradients on
 them; they keep learning from real data through :class:`~lbwrap.sb3.CoTrainCallback`.
 
@@ -44,7 +46,6 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3 import SAC
 from stable_baselines3.common.policies import BasePolicy
-from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.common.vec_env import DummyVecEnv, VecEnvWrapper
 from stable_baselines3.sac.policies import SACPolicy
 from torch.nn import functional as F
@@ -104,6 +105,25 @@ def _frozen(module: th.nn.Module) -> Iterator[None]:
     finally:
         for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def _instance_attribute(obj: Any, name: str, value: Any) -> Iterator[None]:
+    """Set ``obj.<name> = value`` on the instance for the block, then restore the previous state.
+
+    An attribute the instance held before comes back; otherwise the class's attribute shows
+    through again.
+    """
+    missing = object()
+    previous = vars(obj).get(name, missing)
+    setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        if previous is missing:
+            delattr(obj, name)
+        else:
+            setattr(obj, name, previous)
 
 
 def barrier_actor_loss(
@@ -480,138 +500,99 @@ class BarrierSAC(SAC):
         assert self.safety is not None  # _setup_model sets it
         return self.barrier_weight > 0 and (self.barrier_always or bool(self.safety.ready))
 
-    def _actor_actions(self, features: th.Tensor) -> th.Tensor:
-        actions, _ = self.actor.action_log_prob(features.to(self.device))
-        return actions
+    @contextlib.contextmanager
+    def _barrier_in_actor_step(self, metrics: list[dict[str, float]]) -> Iterator[None]:
+        """Inside the block, each actor step of ``SAC.train`` also descends the barrier term.
+
+        ``SAC.train`` (SB3 2.4 to 2.9) has no hook on its actor loss. Per gradient step it calls
+        ``actor.action_log_prob(observations)`` with gradients on (``actions_pi``, the sample its
+        actor loss uses), ``actor.action_log_prob(next_observations)`` under ``no_grad``, then
+        ``actor.optimizer.zero_grad()``, ``actor_loss.backward()`` and ``actor.optimizer.step()``.
+        The block records the gradient-enabled call's observations and actions and, right after
+        ``zero_grad``, backpropagates ``barrier_weight * barrier_actor_loss(...,
+        first_actions=actions_pi)``; SAC's backward then adds its own gradient, so the one step
+        follows the gradient of SAC's actor loss + ``barrier_weight * barrier_loss``. Each
+        step's term metrics are appended to ``metrics``.
+
+        Raises:
+            RuntimeError: (from ``SAC.train``) when a ``zero_grad`` comes without a recorded
+                batch or a step without the term, i.e. SB3's ``SAC.train`` no longer calls the
+                actor in this order.
+        """
+        safety = self.safety
+        assert safety is not None  # _barrier_active was True
+        actor = self.actor
+        optimizer = actor.optimizer
+        sample = actor.action_log_prob  # bound before patching: the barrier's own calls use it
+        clear_grads = optimizer.zero_grad
+        pending: list[tuple[th.Tensor, th.Tensor]] = []  # this step's (observations, actions_pi)
+        added = [False]
+
+        def action_log_prob(
+            obs: th.Tensor, *args: Any, **kwargs: Any
+        ) -> tuple[th.Tensor, th.Tensor]:
+            actions, log_prob = sample(obs, *args, **kwargs)
+            if th.is_grad_enabled():  # the actor-loss sample; next_actions come under no_grad
+                pending[:] = [(obs, actions)]
+            return actions, log_prob
+
+        def barrier_actions(features: th.Tensor) -> th.Tensor:
+            return sample(features.to(self.device))[0]
+
+        def zero_grad_then_barrier(set_to_none: bool = True) -> None:
+            clear_grads(set_to_none)
+            if not pending:
+                raise RuntimeError(
+                    "BarrierSAC: actor.optimizer.zero_grad() came before any gradient-enabled "
+                    "actor.action_log_prob(): this SB3 version's SAC.train is not supported."
+                )
+            obs, actions_pi = pending.pop()
+            loss, step_metrics = barrier_actor_loss(
+                safety, barrier_actions, obs, self.barrier_horizon, first_actions=actions_pi
+            )
+            # retain_graph: SAC's actor_loss.backward() runs through actions_pi's graph next
+            (self.barrier_weight * loss).backward(retain_graph=True)
+            metrics.append(step_metrics)
+            added[0] = True
+
+        def require_barrier(
+            _optimizer: th.optim.Optimizer, _args: tuple[Any, ...], _kwargs: dict[str, Any]
+        ) -> None:
+            if not added[0]:
+                raise RuntimeError(
+                    "BarrierSAC: an actor step without the barrier gradient (no zero_grad() "
+                    "after the actor-loss sample): this SB3 version's SAC.train is not supported."
+                )
+            added[0] = False
+
+        handle = optimizer.register_step_pre_hook(require_barrier)
+        try:
+            with _instance_attribute(actor, "action_log_prob", action_log_prob), \
+                    _instance_attribute(optimizer, "zero_grad", zero_grad_then_barrier):
+                yield
+        finally:
+            handle.remove()
 
     # ------------------------------------------------------------------ training
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
-        """SB3 2.9's ``SAC.train`` with ``barrier_weight * barrier_loss`` in the actor loss."""
-        # Switch to train mode (this affects batch norm / dropout)
-        self.policy.set_training_mode(True)
-        # Update optimizers learning rate
-        optimizers = [self.actor.optimizer, self.critic.optimizer]
-        if self.ent_coef_optimizer is not None:
-            optimizers += [self.ent_coef_optimizer]
+        """SB3's ``SAC.train``; while the barrier term is active, its actor steps include it.
 
-        # Update learning rate according to lr schedule
-        self._update_learning_rate(optimizers)
-
-        ent_coef_losses, ent_coefs = [], []
-        actor_losses, critic_losses = [], []
+        Active (``barrier_weight > 0`` and ``safety.ready`` or ``barrier_always``), each gradient
+        step's single actor step follows the gradient of SAC's actor loss +
+        ``barrier_weight * barrier_actor_loss`` on the same minibatch, the term's first imagined
+        action being the ``actions_pi`` sample of SAC's loss. Inactive, this is ``SAC.train``
+        unchanged. The critic and entropy-coefficient steps are SAC's in both cases. Logs
+        ``train/barrier_active`` and, while active, the term's metrics (means over the steps).
+        """
         barrier_active = self._barrier_active()
         barrier_metrics: list[dict[str, float]] = []
-
-        for gradient_step in range(gradient_steps):
-            # Sample replay buffer
-            replay_data = self.replay_buffer.sample(  # type: ignore[union-attr]
-                batch_size, env=self._vec_normalize_env
-            )
-            # For n-step replay, discount factor is gamma**n_steps (when no early termination)
-            discounts = getattr(replay_data, "discounts", None)  # SB3 >= 2.7 (n-step replay)
-            discounts = self.gamma if discounts is None else discounts
-
-            # We need to sample because `log_std` may have changed between two gradient steps
-            if self.use_sde:
-                self.actor.reset_noise()
-
-            # Action by the current actor for the sampled state
-            actions_pi, log_prob = self.actor.action_log_prob(replay_data.observations)
-            log_prob = log_prob.reshape(-1, 1)
-
-            ent_coef_loss = None
-            if self.ent_coef_optimizer is not None and self.log_ent_coef is not None:
-                # Important: detach the variable from the graph
-                # so we don't change it with other losses
-                # see https://github.com/rail-berkeley/softlearning/issues/60
-                ent_coef = th.exp(self.log_ent_coef.detach())
-                assert isinstance(self.target_entropy, float)
-                ent_coef_loss = -(
-                    self.log_ent_coef * (log_prob + self.target_entropy).detach()
-                ).mean()
-                ent_coef_losses.append(ent_coef_loss.item())
-            else:
-                ent_coef = self.ent_coef_tensor
-
-            ent_coefs.append(ent_coef.item())
-
-            # Optimize entropy coefficient, also called
-            # entropy temperature or alpha in the paper
-            if ent_coef_loss is not None and self.ent_coef_optimizer is not None:
-                self.ent_coef_optimizer.zero_grad()
-                ent_coef_loss.backward()
-                self.ent_coef_optimizer.step()
-
-            with th.no_grad():
-                # Select action according to policy
-                next_actions, next_log_prob = self.actor.action_log_prob(
-                    replay_data.next_observations
-                )
-                # Compute the next Q values: min over all critics targets
-                next_q_values = th.cat(
-                    self.critic_target(replay_data.next_observations, next_actions), dim=1
-                )
-                next_q_values, _ = th.min(next_q_values, dim=1, keepdim=True)
-                # add entropy term
-                next_q_values = next_q_values - ent_coef * next_log_prob.reshape(-1, 1)
-                # td error + entropy term
-                target_q_values = (
-                    replay_data.rewards + (1 - replay_data.dones) * discounts * next_q_values
-                )
-
-            # Get current Q-values estimates for each critic network
-            # using action from the replay buffer
-            current_q_values = self.critic(replay_data.observations, replay_data.actions)
-
-            # Compute critic loss
-            critic_loss = 0.5 * sum(
-                F.mse_loss(current_q, target_q_values) for current_q in current_q_values
-            )
-            assert isinstance(critic_loss, th.Tensor)  # for type checker
-            critic_losses.append(critic_loss.item())
-
-            # Optimize the critic
-            self.critic.optimizer.zero_grad()
-            critic_loss.backward()
-            self.critic.optimizer.step()
-
-            # Compute actor loss
-            # Alternative: actor_loss = th.mean(log_prob - qf1_pi)
-            # Min over all critic networks
-            q_values_pi = th.cat(self.critic(replay_data.observations, actions_pi), dim=1)
-            min_qf_pi, _ = th.min(q_values_pi, dim=1, keepdim=True)
-            actor_loss = (ent_coef * log_prob - min_qf_pi).mean()
-            actor_losses.append(actor_loss.item())
-
-            # lbwrap: the barrier term (eta * barrier loss), through the current actor's actions
-            if barrier_active:
-                assert self.safety is not None
-                b_loss, b_metrics = barrier_actor_loss(
-                    self.safety, self._actor_actions, replay_data.observations,
-                    self.barrier_horizon, first_actions=actions_pi,
-                )
-                actor_loss = actor_loss + self.barrier_weight * b_loss.to(actor_loss.device)
-                barrier_metrics.append(b_metrics)
-
-            # Optimize the actor
-            self.actor.optimizer.zero_grad()
-            actor_loss.backward()
-            self.actor.optimizer.step()
-
-            # Update target networks
-            if gradient_step % self.target_update_interval == 0:
-                polyak_update(self.critic.parameters(), self.critic_target.parameters(), self.tau)
-                # Copy running stats, see GH issue #996
-                polyak_update(self.batch_norm_stats, self.batch_norm_stats_target, 1.0)
-
-        self._n_updates += gradient_steps
-
-        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
-        self.logger.record("train/ent_coef", np.mean(ent_coefs))
-        self.logger.record("train/actor_loss", np.mean(actor_losses))
-        self.logger.record("train/critic_loss", np.mean(critic_losses))
-        if len(ent_coef_losses) > 0:
-            self.logger.record("train/ent_coef_loss", np.mean(ent_coef_losses))
+        hooks = (
+            self._barrier_in_actor_step(barrier_metrics)
+            if barrier_active
+            else contextlib.nullcontext()
+        )
+        with hooks:
+            super().train(gradient_steps, batch_size)
         self.logger.record("train/barrier_active", float(barrier_active))
         if barrier_metrics:
             for key in barrier_metrics[0]:
