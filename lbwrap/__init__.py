@@ -65,7 +65,13 @@ _LAZY: dict[str, str] = {
 __all__ = list(_LAZY) + ["__version__"]
 
 
+#: Submodules reachable as attributes without an import of their own (``lbwrap.experimental``).
+_SUBMODULES = ("experimental",)
+
+
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"lbwrap.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'lbwrap' has no attribute {name!r}")
@@ -75,4 +81,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(__all__) | set(_SUBMODULES))

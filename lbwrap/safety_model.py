@@ -14,6 +14,11 @@ balanced accuracy on real labelled states, averaged (EMA) over recent updates, m
 ``ready_min_unsafe`` unsafe states seen in training batches. When the shield predicts with the
 action-conditioned barrier (the default, see :mod:`lbwrap.barrier.action_barrier`), that
 network's balanced accuracy on real transitions (EMA) must reach ``ready_accuracy`` as well.
+
+Margins. B(z)'s margin is ``config.barrier.eps`` (the barrier penalty and ``BarrierSAC`` read it);
+the shield's is its predictor's (``safety.shield_filter.margin``: ``config.barrier.eps`` for the
+prior predictor, ``config.action_barrier.margin`` on B_next's logit scale for the action barrier,
+unless ``FilterConfig.eps`` overrides it).
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ import functools
 import math
 import pickle
 import types
+import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +40,7 @@ from torch import nn
 
 from lbwrap._optim import training_autocast
 from lbwrap.barrier import (
+    ActionBarrierPredictor,
     ActionScorer,
     BarrierConfig,
     BarrierNet,
@@ -42,10 +49,17 @@ from lbwrap.barrier import (
     SafeActionFilter,
 )
 from lbwrap.barrier.action_barrier import (
+    DECISION_ONLY_FIELDS,
     ActionBarrierConfig,
     ActionBarrierNet,
     action_barrier_loss,
     transitions,
+)
+from lbwrap.experimental import (
+    SafetyModelExperimental,
+    as_experimental,
+    move_deprecated_key,
+    move_deprecated_option,
 )
 from lbwrap.latent_state import LatentState
 from lbwrap.world_model import SequenceReplay, WorldModel, WorldModelConfig, WorldModelTrainer
@@ -54,11 +68,18 @@ from lbwrap.world_model.checkpoint import atomic_torch_save
 __all__ = ["IncompatibleCheckpointError", "LatentSafetyModel", "SafetyModelConfig",
            "resolve_device", "reward_scorer"]
 
-#: Default margin of the action-barrier shield, on its logit scale: a proposal passes when
-#: ``B_next >= 2``. Measured (``benchmarks/shield_diagnostics.py``, 30k random steps, 600 updates),
-#: violations vs no shield for random / goal-seeking / noisy goal-seeking proposals: eps 0:
-#: 0.14 / 0.94 / 0.78, eps 1: 0.07 / 0.46 / 0.37, eps 2: 0.02 / 0.27 / 0.20.
-ACTION_BARRIER_EPS = 2.0
+
+def __getattr__(name: str) -> Any:
+    """``ACTION_BARRIER_EPS``, deprecated: the action barrier's margin is
+    ``ActionBarrierConfig.margin`` (default 2.0), read by its shield predictor."""
+    if name == "ACTION_BARRIER_EPS":
+        warnings.warn(
+            "lbwrap.safety_model.ACTION_BARRIER_EPS is deprecated: the action-barrier shield's "
+            "margin is ActionBarrierConfig.margin (lbwrap.barrier.ActionBarrierConfig, default "
+            "2.0), read by its predictor (safety.shield_filter.margin). The name is kept until "
+            "the next release.", DeprecationWarning, stacklevel=2)
+        return ActionBarrierConfig().margin
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 _FORMAT = "lbwrap.safety_model"
 _VERSION = 2
@@ -86,8 +107,9 @@ class SafetyModelConfig:
     barrier: BarrierConfig = field(default_factory=BarrierConfig)
     filter: FilterConfig | None = None
     """Shield settings. ``None``: with ``action_barrier`` set, ``FilterConfig(condition="barrier",
-    eps=ACTION_BARRIER_EPS, predictor="action_barrier")``; without, dt/alpha/eps from ``barrier``
-    and the prior."""
+    predictor="action_barrier")`` (margin ``action_barrier.margin``); without, ``FilterConfig()``
+    (the prior, ``cbf``, with dt / alpha / eps from ``barrier``). Each predictor takes its margin
+    from its own config unless ``FilterConfig.eps`` overrides it."""
     action_barrier: ActionBarrierConfig | None = field(default_factory=ActionBarrierConfig)
     """The action-conditioned next-state barrier the shield predicts with (trained in every
     :meth:`LatentSafetyModel.update`); ``None`` leaves it out (the paper's prior-based shield)."""
@@ -103,11 +125,11 @@ class SafetyModelConfig:
     """At least this fraction of sampled sequences contains a costly step (unsafe states are rare)."""
     ready_accuracy: float = 0.8
     """Balanced accuracy (EMA) of sign(B) on real labelled states needed before shielding."""
-    ready_release_accuracy: float | None = None
-    """Hysteresis of the gate: once open, it stays open while the accuracies stay at or above
-    this (<= ``ready_accuracy``). ``None``: the gate closes as soon as they fall below
-    ``ready_accuracy``. Whether the gate was open is saved with the model (files of checkpoint
-    version 1 load it closed)."""
+    ready_release_accuracy: float | None = field(default=None, repr=False)
+    """Deprecated keyword, accepted until the next release: gate hysteresis is experimental and
+    moved to ``experimental=SafetyModelExperimental(ready_release_accuracy=...)``
+    (:class:`~lbwrap.experimental.SafetyModelExperimental`). A value given here is moved there
+    (with a ``DeprecationWarning`` unless it is ``None``); the attribute then reads ``None``."""
     ready_min_updates: int = 100
     """Barrier updates needed before shielding."""
     ready_min_unsafe: int = 50
@@ -118,14 +140,20 @@ class SafetyModelConfig:
     """Mixed precision of the training forward passes (world model, barrier, action barrier):
     ``"bf16"`` runs them under ``torch.autocast(dtype=torch.bfloat16)`` on the model's device
     (meant for CUDA; weights and optimiser states stay float32, no loss scaling is needed)."""
+    experimental: SafetyModelExperimental = field(default_factory=SafetyModelExperimental)
+    """Options measured to have no effect (:mod:`lbwrap.experimental`); a dict is converted."""
 
     def __post_init__(self) -> None:
+        self.experimental = as_experimental(self.experimental, SafetyModelExperimental,
+                                            "SafetyModelConfig")
+        move_deprecated_option(self, "ready_release_accuracy", "ready_release_accuracy",
+                               default=None)
         if isinstance(self.world_model, dict):
             self.world_model = WorldModelConfig.from_dict(self.world_model)
         if isinstance(self.barrier, dict):
             self.barrier = BarrierConfig(**self.barrier)
         if isinstance(self.filter, dict):
-            self.filter = FilterConfig(**self.filter)
+            self.filter = FilterConfig.from_dict(self.filter)
         if isinstance(self.action_barrier, dict):
             self.action_barrier = ActionBarrierConfig(**self.action_barrier)
         if self.action_barrier is None and self.filter_config.predictor == "action_barrier":
@@ -140,10 +168,10 @@ class SafetyModelConfig:
             raise ValueError(f"SafetyModelConfig.cost_fraction must be in [0, 1], got {self.cost_fraction}")
         if not 0.0 <= self.ready_accuracy <= 1.0:
             raise ValueError(f"SafetyModelConfig.ready_accuracy must be in [0, 1], got {self.ready_accuracy}")
-        release = self.ready_release_accuracy
+        release = self.experimental.ready_release_accuracy
         if release is not None and not 0.0 <= release <= self.ready_accuracy:
-            raise ValueError(f"SafetyModelConfig.ready_release_accuracy must be in [0, "
-                             f"ready_accuracy={self.ready_accuracy}] or None, got {release}")
+            raise ValueError(f"SafetyModelConfig.experimental.ready_release_accuracy must be in "
+                             f"[0, ready_accuracy={self.ready_accuracy}] or None, got {release}")
         if not self.world_model_lr > 0:
             raise ValueError(f"SafetyModelConfig.world_model_lr must be > 0, got {self.world_model_lr}")
         if self.autocast not in ("off", "bf16"):
@@ -152,20 +180,24 @@ class SafetyModelConfig:
 
     @property
     def filter_config(self) -> FilterConfig:
-        """The shield's settings (``filter``, or the default described there)."""
+        """The shield's settings (``filter``, or the default described there). Its ``eps`` is
+        ``None`` unless set: the margin belongs to the predictor (``shield_filter.margin``)."""
         if self.filter is not None:
             return self.filter
         if self.action_barrier is not None:
-            return FilterConfig(condition="barrier", eps=ACTION_BARRIER_EPS, predictor="action_barrier")
-        return FilterConfig.from_barrier_config(self.barrier)
+            return FilterConfig(condition="barrier", predictor="action_barrier")
+        return FilterConfig()
 
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        """Plain dict of the settings (what checkpoints store; without deprecated keys)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name != "ready_release_accuracy"}
         out["world_model"] = self.world_model.to_dict()
         out["barrier"] = self.barrier.to_dict()
-        out["filter"] = asdict(self.filter) if self.filter is not None else None
+        out["filter"] = self.filter.to_dict() if self.filter is not None else None
         out["action_barrier"] = (self.action_barrier.to_dict()
                                  if self.action_barrier is not None else None)
+        out["experimental"] = self.experimental.to_dict()
         return out
 
 
@@ -285,16 +317,18 @@ class LatentSafetyModel(nn.Module):
             self.generator.manual_seed(int(seed))
         filter_cfg = config.filter_config
         if seed is not None and filter_cfg.seed is None:
-            filter_cfg = FilterConfig(**{**asdict(filter_cfg), "seed": int(seed)})
-        self.shield_filter = SafeActionFilter(self.world_model, self.barrier, filter_cfg, low, high,
-                                              action_barrier=self.action_barrier)
+            filter_cfg = replace(filter_cfg, seed=int(seed))
+        self.shield_filter = SafeActionFilter(
+            self.world_model, self.barrier, filter_cfg, low, high,
+            action_barrier=self.action_barrier, barrier_config=config.barrier,
+            action_barrier_config=config.action_barrier)
         self.num_envs = int(num_envs)
         self.replay = SequenceReplay(
             config.replay_capacity, self.obs_shape, wm_cfg.action_dim, num_envs=self.num_envs,
             seed=seed,
         )
         self.force_ready: bool | None = None
-        self._gate_open = False  # for ready_release_accuracy; updated after each update() call
+        self._gate_open = False  # for the gate's hysteresis; updated after each update() call
 
     # ------------------------------------------------------------------ construction helpers
     @classmethod
@@ -505,17 +539,18 @@ class LatentSafetyModel(nn.Module):
         return self._accuracies_pass()
 
     def _refresh_gate(self) -> None:
-        """Remember whether the gate is open now (``ready_release_accuracy``'s hysteresis)."""
+        """Remember whether the gate is open now (for ``experimental.ready_release_accuracy``)."""
         self._gate_open = self._accuracies_pass()
 
     def _accuracies_pass(self) -> bool:
         """The gate's test, with the release threshold while the gate is open (hysteresis)."""
         cfg = self.config
         threshold = cfg.ready_accuracy
-        if self._gate_open and cfg.ready_release_accuracy is not None:
-            threshold = cfg.ready_release_accuracy
+        release = cfg.experimental.ready_release_accuracy
+        if self._gate_open and release is not None:
+            threshold = release
         accuracies = [float(self.accuracy_ema)]
-        if self.shield_filter.config.predictor == "action_barrier":
+        if isinstance(self.shield_filter.predictor, ActionBarrierPredictor):
             accuracies.append(float(self.action_accuracy_ema))
         return (
             self.barrier_trainer.num_updates >= cfg.ready_min_updates
@@ -617,14 +652,18 @@ def _action_barrier_differences(saved: ActionBarrierConfig | None,
         has = {True: "one", False: "none"}
         return [f"action barrier: checkpoint {has[saved is not None]} vs model {has[own is not None]}"]
     a, b = saved.to_dict(), own.to_dict()
-    return [f"action-barrier {k}: checkpoint {a[k]!r} vs model {b[k]!r}" for k in a if a[k] != b[k]]
+    return [f"action-barrier {k}: checkpoint {a[k]!r} vs model {b[k]!r}" for k in a
+            if a[k] != b[k] and k not in DECISION_ONLY_FIELDS]
 
 
 def _config_dict(payload: dict[str, Any]) -> dict[str, Any]:
     """The saved config; checkpoints from before the action barrier existed were saved without
     one, and are rebuilt that way; those from before its ``horizon`` was trained on one-step
-    labels, and keep them."""
-    config = dict(payload["config"])
+    labels, and keep them. Those from before the gate's hysteresis became experimental keep it
+    (``ready_release_accuracy`` -> ``experimental``, silently); their action barrier's ``margin``
+    is the default, 2.0, which their default shield used (an explicit ``filter.eps`` stays)."""
+    config = move_deprecated_key(dict(payload["config"]), "ready_release_accuracy",
+                                 "ready_release_accuracy", default=None)
     config.setdefault("action_barrier", None)
     if isinstance(config["action_barrier"], dict):
         config["action_barrier"] = {"horizon": 1, **config["action_barrier"]}

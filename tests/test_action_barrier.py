@@ -17,6 +17,7 @@ from lbwrap.barrier.action_barrier import (
     transitions,
     unsafe_targets,
 )
+from lbwrap.experimental import FilterExperimental
 from lbwrap.latent_state import LatentState
 from lbwrap.latent_tracker import LatentTracker
 from lbwrap.safety_model import IncompatibleCheckpointError, LatentSafetyModel, shield_decision
@@ -241,7 +242,7 @@ def test_filter_fallback_when_every_action_is_unsafe():
     assert not bool(result.feasible[0]) and bool(result.intervened[0])
     assert result.actions[0, 0] < -0.5  # the least unsafe candidate: as far left as possible
     keep = FilterConfig(condition="barrier", eps=0.0, predictor="action_barrier", seed=0,
-                        fallback="proposal")
+                        experimental=FilterExperimental(proposal_fallback=True))
     filt = SafeActionFilter(NoDynamics(), BarrierNet(2, num_layers=0), keep, (-1, -1), (1, 1),
                             action_barrier=net)
     result = filt(states(1), torch.tensor([[0.9, 0.0]]), embed=torch.zeros(1, 3))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lbwrap.barrier import BarrierConfig, BarrierNet, FilterConfig, SafeActionFilter
+from lbwrap.experimental import FilterExperimental
 from lbwrap.latent_state import LatentDynamics, LatentState
 
 EPS, DT, ALPHA = 0.01, 0.02, 1.0
@@ -115,7 +116,8 @@ def test_infeasible_returns_max_b_candidate() -> None:
 
 def test_proposal_fallback_keeps_infeasible_proposal_but_still_replaces_fixable_ones() -> None:
     proposals = torch.tensor([[0.5, 0.0], [1.0, 0.5]])
-    out = make("barrier", seed=5, fallback="proposal")(states(2.0, 0.95), proposals)
+    keep = FilterExperimental(proposal_fallback=True)
+    out = make("barrier", seed=5, experimental=keep)(states(2.0, 0.95), proposals)
     # row 0: B = -1, nothing reaches B >= eps -> the proposal is executed, not counted as replaced
     torch.testing.assert_close(out.actions[0], proposals[0])
     assert not out.intervened[0].item() and not out.feasible[0].item()
@@ -126,6 +128,8 @@ def test_proposal_fallback_keeps_infeasible_proposal_but_still_replaces_fixable_
     torch.testing.assert_close(out.actions[1], default.actions[1])
     with pytest.raises(ValueError, match="fallback"):
         FilterConfig(fallback="random")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="proposal_fallback must be a bool"):
+        FilterExperimental(proposal_fallback="yes")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("condition", ["barrier", "cbf"])

@@ -18,6 +18,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 import lbwrap
+from lbwrap.experimental import RecipeExperimental
 from lbwrap.safety_model import LatentSafetyModel
 from lbwrap.sb3 import CoTrainCallback, LatentRefresher, VecLatentObservation
 from lbwrap.sb3.recipes import AgentRecipe, build_safe_agent
@@ -247,15 +248,16 @@ def test_recipe_adds_refresher_after_cotrain():
     fns = [hazard_factory(0, 40)]
     tiny = {"world_model_overrides": TINY_WORLD_MODEL, "replay_capacity": 1000}
     sac = {"buffer_size": 1000}
-    built = build_safe_agent(fns, AgentRecipe(mode="none", refresh_every=500, sac_kwargs=sac),
-                             device="cpu", safety_kwargs=tiny)
+    recipe = AgentRecipe(mode="none", experimental=RecipeExperimental(refresh_every=500),
+                         sac_kwargs=sac)
+    built = build_safe_agent(fns, recipe, device="cpu", safety_kwargs=tiny)
     assert [type(c) for c in built.callbacks] == [CoTrainCallback, LatentRefresher]
     assert built.callbacks[1].refresh_every == 500 and built.callbacks[1].safety is built.safety
     built = build_safe_agent(fns, AgentRecipe(mode="lagrangian", sac_kwargs=sac), device="cpu",
                              safety_kwargs=tiny)
     assert not any(isinstance(c, LatentRefresher) for c in built.callbacks)
     with pytest.raises(ValueError, match="refresh_every"):
-        AgentRecipe(refresh_every=-1)
+        AgentRecipe(experimental=RecipeExperimental(refresh_every=-1))
     assert lbwrap.LatentRefresher is LatentRefresher
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import lbwrap
+from lbwrap.experimental import SafetyModelExperimental
 from lbwrap.safety_model import IncompatibleCheckpointError, LatentSafetyModel
 from lbwrap.world_model import SequenceReplay
 
@@ -212,7 +213,7 @@ def test_e_load_on_an_instance_raises(tmp_path, tiny_safety):
 @pytest.mark.parametrize("gate_open", [True, False])
 def test_f_readiness_gate_round_trips(tmp_path, tiny_safety, gate_open):
     safety = tiny_safety(hazard(), ready_min_updates=2, ready_min_unsafe=1, ready_accuracy=0.7,
-                         ready_release_accuracy=0.6)
+                         experimental=SafetyModelExperimental(ready_release_accuracy=0.6))
     safety.barrier_trainer.num_updates = 2
     safety.wm_trainer.num_updates = 2
     safety.unsafe_seen.fill_(5)

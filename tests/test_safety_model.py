@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import lbwrap
+from lbwrap.experimental import SafetyModelExperimental
 from lbwrap.safety_model import IncompatibleCheckpointError, LatentSafetyModel
 
 
@@ -69,7 +70,7 @@ def test_readiness_gate(tiny_safety):
 @pytest.mark.parametrize("release", [None, 0.6])
 def test_readiness_gate_hysteresis(tiny_safety, release):
     safety = tiny_safety(hazard(), ready_min_updates=2, ready_min_unsafe=1, ready_accuracy=0.7,
-                         ready_release_accuracy=release)
+                         experimental=SafetyModelExperimental(ready_release_accuracy=release))
     safety.barrier_trainer.num_updates = 2
     safety.unsafe_seen.fill_(5)
 
@@ -95,7 +96,8 @@ def test_readiness_gate_hysteresis(tiny_safety, release):
 
 def test_ready_release_accuracy_is_validated(tiny_safety):
     with pytest.raises(ValueError, match="ready_release_accuracy must be in"):
-        tiny_safety(hazard(), ready_accuracy=0.7, ready_release_accuracy=0.8)
+        tiny_safety(hazard(), ready_accuracy=0.7,
+                    experimental=SafetyModelExperimental(ready_release_accuracy=0.8))
 
 
 def test_readiness_gate_without_action_barrier(tiny_safety):

@@ -104,7 +104,7 @@ def test_barrier_loss_matches_formula_and_only_the_actor_gets_gradients():
 
     # the same quantity, written out, with B's own margin (not the action-barrier shield's 2.0)
     cfg = safety.config.barrier
-    assert safety.config.filter_config.eps != cfg.eps  # so that the two cannot be confused
+    assert safety.shield_filter.margin != cfg.eps  # so that the two cannot be confused
     with torch.no_grad():
         state = LatentState(feats[:, :16], feats[:, 16:], feats[:, 16:], torch.ones(8, 4))
         b = safety.barrier.value(state)
@@ -133,7 +133,7 @@ def test_barrier_loss_uses_the_barrier_margin_not_the_action_barrier_shields():
     # the action-barrier shield's logit-scale margin (2.0) it would push every step towards B >= 2.
     safety = tiny_safety(pixel_env())
     assert safety.config.filter_config.predictor == "action_barrier"
-    assert safety.config.filter_config.eps == 2.0 and safety.config.barrier.eps == 0.01
+    assert safety.shield_filter.margin == 2.0 and safety.config.barrier.eps == 0.01
     with torch.no_grad():
         for p in safety.barrier.net[-1].parameters():
             p.zero_()

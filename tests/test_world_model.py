@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from lbwrap.experimental import WorldModelExperimental
 from lbwrap.latent_state import LatentDynamics, LatentState
 from lbwrap.world_model import WorldModel, WorldModelConfig, WorldModelTrainer
 
@@ -75,8 +76,10 @@ def test_paper_config_sizes() -> None:
     [({"image_size": 48}, "image_size"), ({"deter_dim": 0}, "deter_dim"),
      ({"min_std": 0.0}, "min_std"), ({"bit_depth": 9}, "bit_depth"),
      ({"free_nats": -1.0}, "free_nats"), ({"activation": "gelu"}, "activation"),
-     ({"cnn_depth": 2.5}, "cnn_depth"), ({"kl_balance": 1.0}, "kl_balance"),
-     ({"kl_balance": 0.0}, "kl_balance"), ({"kl_balance": True}, "kl_balance")],
+     ({"cnn_depth": 2.5}, "cnn_depth"), ({"experimental": {"kl_balance": 1.0}}, "kl_balance"),
+     ({"experimental": {"kl_balance": 0.0}}, "kl_balance"),
+     ({"experimental": {"kl_balance": True}}, "kl_balance"),
+     ({"experimental": {"kl": 0.5}}, "unknown options")],
 )
 def test_config_validation(overrides, field) -> None:
     with pytest.raises(ValueError, match=field):
@@ -245,7 +248,8 @@ def test_kl_balance_keeps_the_value_and_scales_the_prior_gradient() -> None:
     """Balanced KL has the plain KL's value; the prior-only net gets ``a`` x its plain gradient."""
     only_kl = {"image_weight": 0.0, "reward_weight": 0.0, "cost_weight": 0.0, "free_nats": 0.0}
     plain = WorldModel(tiny_config(**only_kl))
-    balanced = WorldModel(tiny_config(**only_kl, kl_balance=0.8))
+    balanced = WorldModel(tiny_config(**only_kl,
+                                      experimental=WorldModelExperimental(kl_balance=0.8)))
     balanced.load_state_dict(plain.state_dict())
     batch = make_batch()
     grads = []

@@ -1,4 +1,4 @@
-"""Latent barrier-like function B(z): network, losses, trainer and the safe-action filter.
+"""Latent barrier-like function B(z): network, losses, trainer, shield predictors and the filter.
 
 Pure PyTorch; sees the world model only through :class:`lbwrap.latent_state.LatentDynamics`.
 """
@@ -18,12 +18,14 @@ from .losses import (
     unsafe_term,
 )
 from .network import BarrierNet
+from .predictors import ActionBarrierPredictor, PredictorCheck, PriorPredictor, ShieldPredictor
 from .rollout import Policy, imagine, uniform_actions
 from .trainer import BarrierTrainer
 
 __all__ = [
     "ActionBarrierConfig",
     "ActionBarrierNet",
+    "ActionBarrierPredictor",
     "ActionScorer",
     "BarrierConfig",
     "BarrierInput",
@@ -34,7 +36,10 @@ __all__ = [
     "FilterResult",
     "LossForm",
     "Policy",
+    "PredictorCheck",
+    "PriorPredictor",
     "SafeActionFilter",
+    "ShieldPredictor",
     "action_barrier_loss",
     "barrier_loss",
     "compute_barrier_loss",

@@ -17,10 +17,12 @@ So :class:`ActionBarrierNet` ``B_next(e, a)`` is trained on real transitions
 states (default 3, discount 0.5); with ``horizon=1`` it is ``cost[t + 1] > kappa``. The horizon
 matters inside a hazard: there every action keeps the next state unsafe, so a one-step label
 cannot rank them, while most violating steps are spent there rather than entering. The shield
-(``FilterConfig(predictor="action_barrier")``) tests ``B_next(e, a) >= eps`` for the proposal and
+(``FilterConfig(predictor="action_barrier")``) tests ``B_next(e, a) >= margin`` for the proposal and
 its candidates and, when none passes, takes the candidate with the largest ``B_next``, i.e. the
 quickest way out. Its values are logits (``B_next = -logit`` of the unsafe share), not on B(z)'s
-scale; only their sign and order are used. Pure PyTorch.
+scale; only their sign and order are used, so the shield's margin on them is its own
+(:attr:`ActionBarrierConfig.margin`, 2), never B(z)'s (``BarrierConfig.eps``, 0.01). The shield
+reads it through :class:`~lbwrap.barrier.predictors.ActionBarrierPredictor`. Pure PyTorch.
 """
 
 from __future__ import annotations
@@ -35,6 +37,14 @@ from torch import nn
 
 __all__ = ["ActionBarrierConfig", "ActionBarrierNet", "action_barrier_loss", "transitions",
            "unsafe_targets"]
+
+#: The default of :attr:`ActionBarrierConfig.margin` (its measurement: docs/design-decisions.md,
+#: "The action barrier's margin is 2 on its logit scale").
+_DEFAULT_MARGIN = 2.0
+
+#: Fields of :class:`ActionBarrierConfig` that the network and its training never read (a
+#: checkpoint loads into a model whose values differ).
+DECISION_ONLY_FIELDS = ("margin",)
 
 
 @dataclass
@@ -67,6 +77,12 @@ class ActionBarrierConfig:
     0.7: 0.05x / 0.46x / 0.34x at lower return (more interventions)."""
     discount: float = 0.5
     """Weight ratio between consecutive steps of the ``horizon`` (ignored when it is 1)."""
+    margin: float = _DEFAULT_MARGIN
+    """The shield's margin on B_next's logit scale: with
+    ``FilterConfig(predictor="action_barrier")`` a proposal passes when ``B_next(e, a) >= margin``
+    (``FilterConfig.eps``, when set, overrides it). Not B(z)'s margin (``BarrierConfig.eps``):
+    the two live on different scales. Training never reads it, so
+    :meth:`~lbwrap.safety_model.LatentSafetyModel.load_checkpoint` does not compare it."""
 
     def __post_init__(self) -> None:
         for name in ("hidden_dim", "num_layers", "steps_per_batch", "horizon"):
@@ -81,6 +97,10 @@ class ActionBarrierConfig:
                 or not 0.0 < self.discount <= 1.0:
             raise ValueError(f"ActionBarrierConfig.discount: expected a number in (0, 1], actual "
                              f"{self.discount!r}")
+        if isinstance(self.margin, bool) or not isinstance(self.margin, (int, float)) \
+                or not math.isfinite(self.margin) or self.margin < 0:
+            raise ValueError(f"ActionBarrierConfig.margin: expected a finite number >= 0, actual "
+                             f"{self.margin!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields (for logging and checkpoints)."""

@@ -1,38 +1,40 @@
-"""Safe-action filter: keep a proposed action if the barrier condition holds, else substitute.
+"""Safe-action filter: keep a proposed action if the shield's predictor passes it, else substitute.
 
-Decision logic only (no Gymnasium, no SB3); the shield wrappers call it. Predictions use the
-prior *mean* of the latent dynamics (``img_step(..., sample=False)``), repeating the candidate
-action for ``lookahead`` steps; the condition must hold at every step. Only rows whose proposal
-fails are searched: all their candidates go through one ``img_step`` call per lookahead step.
-
-Note on the ``cbf`` condition with the paper's ``dt = 0.02, alpha = 1``: it requires
-``B(z') >= (B(z) + eps * dt) / (1 + alpha * dt)``, i.e. B may shrink by at most ~2 % per step,
-even deep inside the safe set. That is much stricter than ``barrier`` (``B(z') >= eps``) and
-makes the shield intervene whenever the agent heads towards the boundary; choose ``dt`` /
-``alpha`` for the shield deliberately.
-
-``predictor="action_barrier"`` replaces "B at the prior mean" by an
-:class:`~lbwrap.barrier.action_barrier.ActionBarrierNet` ``B_next(e, a)`` evaluated on the
-encoder embedding ``e`` of the current frame (pass ``embed=`` to the call); it needs
-``condition="barrier"`` and ``lookahead=1`` (see that module for why it exists).
+Decision logic only (no Gymnasium, no SB3); the shield wrappers call it. What B will be after an
+action, and whether that passes, is the business of one
+:class:`~lbwrap.barrier.predictors.ShieldPredictor`, chosen by ``FilterConfig.predictor`` and
+holding its own margin (:mod:`lbwrap.barrier.predictors`): the paper's ``"prior"`` (B(z) at the
+world model's prior mean, margin and ``cbf`` constants from the barrier's
+:class:`~lbwrap.barrier.config.BarrierConfig`) or ``"action_barrier"`` (an
+:class:`~lbwrap.barrier.action_barrier.ActionBarrierNet` ``B_next(e, a)`` on the encoder embedding
+``e`` of the current frame, pass ``embed=`` to the call; its logit-scale margin comes from
+:class:`~lbwrap.barrier.action_barrier.ActionBarrierConfig`). Only rows whose proposal fails are
+searched: all their candidates go to the predictor in one call.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from lbwrap.latent_state import LatentDynamics, LatentState, rollout
+from lbwrap.experimental import (
+    FilterExperimental,
+    as_experimental,
+    move_deprecated_key,
+    move_deprecated_option,
+)
+from lbwrap.latent_state import LatentDynamics, LatentState
 
 from . import _random
-from .action_barrier import ActionBarrierNet
+from .action_barrier import ActionBarrierConfig, ActionBarrierNet
 from .config import BarrierConfig
-from .losses import decrease_lhs
 from .network import BarrierNet
+from .predictors import ActionBarrierPredictor, PriorPredictor, ShieldPredictor
 
 __all__ = ["ActionScorer", "FilterConfig", "FilterResult", "SafeActionFilter"]
 
@@ -41,59 +43,87 @@ ArrayLike = torch.Tensor | np.ndarray | Sequence[float]
 #: (m, K, A) actions, scores (m, K), higher is better (e.g. the agent's critic, Q(s, a)).
 ActionScorer = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
+_FALLBACKS = {"max_barrier": False, "proposal": True}  # the deprecated keyword -> the option
+
 
 @dataclass
 class FilterConfig:
-    """Settings of :class:`SafeActionFilter`.
+    """Settings of :class:`SafeActionFilter`: which predictor, its condition, the candidates.
+
+    ``predictor``: ``"prior"`` (the paper's: B(z) at the world model's prior mean, see
+    :class:`~lbwrap.barrier.predictors.PriorPredictor`) or ``"action_barrier"``
+    (:class:`~lbwrap.barrier.predictors.ActionBarrierPredictor`; ``condition="barrier"`` and
+    ``lookahead=1`` only). Each predictor owns its margin: ``eps=None`` (the default) uses it
+    (B(z)'s ``BarrierConfig.eps`` for the prior, ``ActionBarrierConfig.margin`` on B_next's logit
+    scale for the action barrier); a number overrides it for this filter. ``dt`` / ``alpha``
+    likewise default to the barrier's ``BarrierConfig`` (the prior's ``cbf`` condition; the action
+    barrier does not read them). Without a config at hand (a bare
+    :class:`SafeActionFilter` built with none) the defaults of ``BarrierConfig()`` and
+    ``ActionBarrierConfig()`` apply.
 
     ``condition``: ``"barrier"`` accepts a step when ``B(z') >= eps``; ``"cbf"`` when
     ``(B(z') - B(z)) / dt + alpha * B(z') >= eps`` (each lookahead step compared with the
     previous one). Candidates: ``num_random_candidates`` uniform in the action box and
     ``num_local_candidates`` = proposal + Gaussian noise of std ``local_std`` times half the box
-    width, clipped to the box. ``seed``: seeds the filter's own ``torch.Generator``.
+    width, clipped to the box. ``seed``: seeds the filter's own ``torch.Generator``. When no
+    candidate passes, the filter executes the candidate with the largest worst-case predicted B.
     """
 
     condition: Literal["barrier", "cbf"] = "cbf"
-    dt: float = 1.0
-    alpha: float = 1.0
-    eps: float = 0.01
+    dt: float | None = None
+    """Time step of the prior's ``cbf`` condition (> 0); ``None``: ``BarrierConfig.dt``."""
+    alpha: float | None = None
+    """Class-K gain of the prior's ``cbf`` condition (>= 0); ``None``: ``BarrierConfig.alpha``."""
+    eps: float | None = None
+    """Override of the chosen predictor's own margin (>= 0, on that predictor's scale); ``None``:
+    the predictor's (``BarrierConfig.eps`` for ``"prior"``, ``ActionBarrierConfig.margin`` for
+    ``"action_barrier"``)."""
     num_random_candidates: int = 64
     num_local_candidates: int = 64
     local_std: float = 0.3
     lookahead: int = 1
-    fallback: Literal["max_barrier", "proposal"] = "max_barrier"
-    """What to execute when no candidate meets the condition: the candidate with the largest
-    worst-case predicted B (default), or the unchanged proposal ("the model sees no safe action, so
-    it has no grounds to override the agent"). Measured on PixelHazard
-    (``benchmarks/shield_diagnostics.py``): ``max_barrier`` cut a random policy's violations to
-    0.68x but raised a goal-seeking policy's to 1.38x (it fights the agent inside hazards, where
-    the learned prior predicts nearly the same B for every action); ``proposal`` was neutral for
-    the goal-seeker (0.99x) and gave up the random policy's benefit (1.29x)."""
+    fallback: Literal["max_barrier", "proposal"] | None = field(default=None, repr=False)
+    """Deprecated keyword, accepted until the next release: ``"proposal"`` (execute the proposal
+    when no candidate passes) is experimental and moved to
+    ``experimental=FilterExperimental(proposal_fallback=True)``
+    (:class:`~lbwrap.experimental.FilterExperimental`; with a ``DeprecationWarning``);
+    ``"max_barrier"``, what the filter does anyway, is accepted silently. The attribute then
+    reads ``None``."""
     predictor: Literal["prior", "action_barrier"] = "prior"
-    """How B after an action is predicted: ``"prior"`` (the paper) rolls the world model's prior
-    mean and evaluates B(z'); ``"action_barrier"`` evaluates an :class:`ActionBarrierNet` on the
-    current frame's embedding and the action (``condition="barrier"``, ``lookahead=1`` only)."""
+    """How B after an action is predicted (see the class docstring and
+    :mod:`lbwrap.barrier.predictors`)."""
     seed: int | None = None
+    experimental: FilterExperimental = field(default_factory=FilterExperimental)
+    """Options measured to have no effect (:mod:`lbwrap.experimental`); a dict is converted."""
 
     def __post_init__(self) -> None:
+        self.experimental = as_experimental(self.experimental, FilterExperimental, "FilterConfig")
+        if self.fallback is not None and self.fallback not in _FALLBACKS:
+            raise ValueError(
+                f"fallback: expected 'max_barrier' or 'proposal', actual {self.fallback!r}"
+            )
+        move_deprecated_option(self, "fallback", "proposal_fallback", default="max_barrier",
+                               converted=_FALLBACKS.get(str(self.fallback)))
         if self.condition not in ("barrier", "cbf"):
             raise ValueError(
                 f"condition: expected 'barrier' or 'cbf', actual {self.condition!r}"
             )
-        if not self.dt > 0 or not self.alpha >= 0 or not self.eps >= 0 or not self.local_std >= 0:
-            raise ValueError(
-                "expected dt > 0, alpha >= 0, eps >= 0, local_std >= 0, actual "
-                f"{self.dt}, {self.alpha}, {self.eps}, {self.local_std}"
-            )
+        for name, strict in (("dt", True), ("alpha", False), ("eps", False)):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            bad = isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or (value <= 0 if strict else value < 0)
+            if bad:
+                raise ValueError(f"{name}: expected None or a finite number "
+                                 f"{'>' if strict else '>='} 0, actual {value!r}")
+        if not self.local_std >= 0:
+            raise ValueError(f"local_std: expected >= 0, actual {self.local_std}")
         counts = (self.num_random_candidates, self.num_local_candidates)
         if min(counts) < 0 or sum(counts) < 1:
             raise ValueError(f"candidate counts: expected >= 0 with a sum >= 1, actual {counts}")
         if self.lookahead < 1:
             raise ValueError(f"lookahead: expected >= 1, actual {self.lookahead}")
-        if self.fallback not in ("max_barrier", "proposal"):
-            raise ValueError(
-                f"fallback: expected 'max_barrier' or 'proposal', actual {self.fallback!r}"
-            )
         if self.predictor not in ("prior", "action_barrier"):
             raise ValueError(
                 f"predictor: expected 'prior' or 'action_barrier', actual {self.predictor!r}"
@@ -106,10 +136,58 @@ class FilterConfig:
 
     @classmethod
     def from_barrier_config(cls, config: BarrierConfig, **overrides: object) -> FilterConfig:
-        """Take ``dt``, ``alpha`` and ``eps`` from the barrier's training config."""
+        """Take ``dt``, ``alpha`` and ``eps`` from the barrier's training config, as explicit
+        values (the same as leaving them ``None`` with that config, for the prior predictor)."""
         kwargs: dict[str, object] = {"dt": config.dt, "alpha": config.alpha, "eps": config.eps}
         kwargs.update(overrides)
         return cls(**kwargs)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the fields (for logging and checkpoints; without the deprecated
+        ``fallback`` key)."""
+        out = asdict(self)
+        del out["fallback"]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FilterConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``. Files written before
+        the move keep their settings: a ``fallback`` key is read as
+        ``experimental.proposal_fallback`` without a warning, and their explicit ``dt``,
+        ``alpha`` and ``eps`` stay explicit."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown FilterConfig fields: {unknown}")
+        fallback = data.get("fallback")
+        if fallback is not None and fallback not in _FALLBACKS:
+            raise ValueError(f"fallback: expected 'max_barrier' or 'proposal', actual {fallback!r}")
+        return cls(**move_deprecated_key(data, "fallback", "proposal_fallback",
+                                         default="max_barrier",
+                                         converted=_FALLBACKS.get(str(fallback))))
+
+    def build_predictor(
+        self, dynamics: LatentDynamics, barrier: BarrierNet, *,
+        barrier_config: BarrierConfig | None = None,
+        action_barrier: ActionBarrierNet | None = None,
+        action_barrier_config: ActionBarrierConfig | None = None,
+    ) -> ShieldPredictor:
+        """The predictor these settings choose, with its own margin (``eps`` overrides it).
+
+        ``barrier_config`` gives the prior its ``dt`` / ``alpha`` / margin (default
+        ``BarrierConfig()``); ``action_barrier`` is required with ``predictor="action_barrier"``,
+        whose margin comes from ``action_barrier_config`` (default ``ActionBarrierConfig()``).
+        """
+        if self.predictor == "action_barrier":
+            if action_barrier is None:
+                raise ValueError(
+                    "FilterConfig(predictor='action_barrier') needs the action_barrier network; "
+                    "pass action_barrier=... or use predictor='prior'"
+                )
+            return ActionBarrierPredictor.from_config(action_barrier, action_barrier_config,
+                                                      margin=self.eps)
+        return PriorPredictor.from_barrier_config(
+            dynamics, barrier, barrier_config or BarrierConfig(), condition=self.condition,
+            lookahead=self.lookahead, dt=self.dt, alpha=self.alpha, margin=self.eps)
 
 
 @dataclass
@@ -132,14 +210,21 @@ class FilterResult:
 
 
 class SafeActionFilter:
-    """Shield: substitute the closest action that keeps the barrier condition (vectorised).
+    """Shield: substitute the closest action that its predictor passes (vectorised).
 
     Args:
-        dynamics: latent dynamics (only ``action_dim`` and ``img_step`` are used).
-        barrier: the barrier network.
+        dynamics: latent dynamics (only ``action_dim`` and, for the prior predictor,
+            ``img_step`` are used).
+        barrier: the barrier network B(z) (``b_now`` of every result; the prior predicts with it).
         config: :class:`FilterConfig`.
         action_low, action_high: the action box, shape (action_dim,), ``low < high``.
         action_barrier: the network ``predictor="action_barrier"`` uses (required then).
+        barrier_config: B(z)'s settings, the prior predictor's ``dt`` / ``alpha`` / margin
+            where ``config`` leaves them ``None`` (default ``BarrierConfig()``).
+        action_barrier_config: the action barrier's settings, its predictor's margin where
+            ``config.eps`` is ``None`` (default ``ActionBarrierConfig()``).
+
+    The predictor (:attr:`predictor`) is built once, by :meth:`FilterConfig.build_predictor`.
     """
 
     def __init__(
@@ -150,12 +235,13 @@ class SafeActionFilter:
         action_low: ArrayLike,
         action_high: ArrayLike,
         action_barrier: ActionBarrierNet | None = None,
+        *,
+        barrier_config: BarrierConfig | None = None,
+        action_barrier_config: ActionBarrierConfig | None = None,
     ) -> None:
-        if config.predictor == "action_barrier" and action_barrier is None:
-            raise ValueError(
-                "FilterConfig(predictor='action_barrier') needs the action_barrier network; "
-                "pass action_barrier=... or use predictor='prior'"
-            )
+        self.predictor: ShieldPredictor = config.build_predictor(
+            dynamics, barrier, barrier_config=barrier_config, action_barrier=action_barrier,
+            action_barrier_config=action_barrier_config)
         self.action_barrier = action_barrier
         self.dynamics = dynamics
         self.barrier = barrier
@@ -174,6 +260,12 @@ class SafeActionFilter:
         self.action_low, self.action_high = low, high
         self.generator = torch.Generator()
         self.reset(config.seed)
+
+    @property
+    def margin(self) -> float:
+        """The margin the shield tests against: its predictor's, on that predictor's scale (not
+        necessarily B(z)'s; code that needs B(z)'s reads ``BarrierConfig.eps``)."""
+        return self.predictor.margin
 
     @property
     def action_dim(self) -> int:
@@ -211,36 +303,6 @@ class SafeActionFilter:
             parts.append(torch.maximum(torch.minimum(local, high), low))
         return torch.cat(parts, dim=1)
 
-    def _check(
-        self, state: LatentState, action: torch.Tensor, b_now: torch.Tensor,
-        embed: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Roll ``lookahead`` mean-prior steps repeating ``action`` (or ask the action barrier).
-
-        Returns ``(ok, worst_b, b_first)``: condition held at every step, min B over the steps,
-        B after the first step.
-        """
-        cfg = self.config
-        if cfg.predictor == "action_barrier":
-            assert self.action_barrier is not None and embed is not None
-            b = self.action_barrier(embed, action)
-            return b >= cfg.eps, b, b
-        ok = torch.ones_like(b_now, dtype=torch.bool)
-        prev, worst, first = b_now, None, None
-        reached, _ = rollout(self.dynamics, state, cfg.lookahead, lambda _t, _s: action,
-                             sample=False)  # the candidate, repeated
-        for next_state in reached:
-            b = self.barrier.value(next_state)
-            if cfg.condition == "barrier":
-                ok = ok & (b >= cfg.eps)
-            else:
-                ok = ok & (decrease_lhs(prev, b, cfg.dt, cfg.alpha) >= cfg.eps)
-            worst = b if worst is None else torch.minimum(worst, b)
-            first = b if first is None else first
-            prev = b
-        assert worst is not None and first is not None
-        return ok, worst, first
-
     @torch.no_grad()
     def __call__(
         self, state: LatentState, proposed: ArrayLike, embed: torch.Tensor | None = None,
@@ -248,8 +310,8 @@ class SafeActionFilter:
     ) -> FilterResult:
         """Filter proposals (N, A) at latent states (N, ...); see the module docstring.
 
-        ``embed`` (N, E): encoder embeddings of the current frames, required (and only used) with
-        ``predictor="action_barrier"``. ``scorer``: how a replaced proposal's substitute is
+        ``embed`` (N, E): encoder embeddings of the current frames, required (and only read) by
+        the action-barrier predictor. ``scorer``: how a replaced proposal's substitute is
         chosen among the passing candidates: the one ``scorer`` rates highest (e.g. the agent's
         critic: the best safe action for the task); ``None``: the one closest to the proposal.
         """
@@ -263,12 +325,9 @@ class SafeActionFilter:
             )
         low, high = self._box(prop)
         prop = torch.maximum(torch.minimum(prop, high), low)
-        if self.config.predictor == "action_barrier":
-            embed = self._check_embed(embed, n, ref)
-        else:
-            embed = None  # the prior does not read it (wrappers pass it whatever the predictor)
+        embed = self.predictor.prepare_embed(embed, n, ref)  # None where it is not read
         b_now = self.barrier.value(state)
-        ok, _, b_next_prop = self._check(state, prop, b_now, embed)
+        ok, _, b_next_prop = self.predictor.check(state, prop, b_now, embed)
 
         actions, feasible, b_next_exec = prop.clone(), ok.clone(), b_next_prop.clone()
         intervened = ~ok
@@ -278,7 +337,7 @@ class SafeActionFilter:
                 state[rows], prop[rows], b_now[rows], None if embed is None else embed[rows],
                 None if scorer is None else lambda cand: scorer(rows, cand),
             )
-            if self.config.fallback == "proposal":  # no safe candidate: leave the agent's action
+            if self.config.experimental.proposal_fallback:  # none passes: the agent's action
                 cand_actions = torch.where(cand_feasible.unsqueeze(-1), cand_actions, prop[rows])
                 cand_b = torch.where(cand_feasible, cand_b, b_next_prop[rows])
                 intervened = intervened.clone()
@@ -294,19 +353,6 @@ class SafeActionFilter:
             b_next_executed=b_next_exec,
         )
 
-    def _check_embed(self, embed: torch.Tensor | None, n: int, ref: torch.Tensor) -> torch.Tensor:
-        assert self.action_barrier is not None
-        if embed is None:
-            raise ValueError(
-                "predictor='action_barrier' needs embed=: the world model's embedding of the "
-                "current frames (LatentTracker.embed)"
-            )
-        embed = torch.as_tensor(embed).to(device=ref.device, dtype=ref.dtype)
-        expected = (n, self.action_barrier.embed_dim)
-        if tuple(embed.shape) != expected:
-            raise ValueError(f"embed: expected shape {expected}, actual {tuple(embed.shape)}")
-        return embed
-
     def _substitute(
         self, state: LatentState, prop: torch.Tensor, b_now: torch.Tensor,
         embed: torch.Tensor | None,
@@ -315,14 +361,8 @@ class SafeActionFilter:
         """Best candidate per row: the satisfying one with the highest ``score`` (default: the
         closest to the proposal), else the largest worst-case B."""
         cand = self.sample_candidates(prop)  # (m, K, A)
-        m, k, a = cand.shape
-        if embed is None:  # the prior rolls every candidate from a copy of its row's state
-            rep, rep_embed = state.map(lambda t: t.repeat_interleave(k, dim=0)), None
-        else:  # the action barrier reads only the embedding
-            rep, rep_embed = state, embed.repeat_interleave(k, dim=0)
-        ok, worst, first = self._check(rep, cand.reshape(m * k, a), b_now.repeat_interleave(k),
-                                       rep_embed)
-        ok, worst, first = ok.view(m, k), worst.view(m, k), first.view(m, k)
+        m, k, _ = cand.shape
+        ok, worst, first = self.predictor.check_candidates(state, cand, b_now, embed)
         if score is None:
             preference = -(cand - prop.unsqueeze(1)).norm(dim=-1)
         else:

@@ -71,6 +71,10 @@ __all__ = ["LatentRefresher"]
 class LatentRefresher(BaseCallback):
     """Re-filter the latent observations in an off-policy agent's replay buffer on a schedule.
 
+    Experimental (:mod:`lbwrap.experimental`): refreshing was measured to change neither
+    violations nor return (documentation page *Experimental options*, ``docs/experimental.md``).
+    ``AgentRecipe(experimental=RecipeExperimental(refresh_every=...))`` adds one to a recipe.
+
     Use it after the :class:`~lbwrap.sb3.callback.CoTrainCallback` of the same safety model::
 
         callback = CallbackList([CoTrainCallback(safety), LatentRefresher(safety, refresh_every=1000)])

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from lbwrap.experimental import (
+    WorldModelExperimental,
+    as_experimental,
+    move_deprecated_key,
+    move_deprecated_option,
+)
 
 __all__ = ["ACTIVATIONS", "SUPPORTED_IMAGE_SIZES", "WorldModelConfig"]
 
@@ -39,14 +46,20 @@ class WorldModelConfig:
     reward_weight: float = 1.0
     cost_weight: float = 1.0
     kl_weight: float = 1.0
-    kl_balance: float | None = None
-    """``None``: the plain KL(q || p) (PlaNet, the paper). A number ``a`` in (0, 1): DreamerV2's KL
-    balancing, ``a * KL(sg(q) || p) + (1 - a) * KL(q || sg(p))`` (each clamped at ``free_nats``):
-    the prior moves towards the posterior faster than the posterior is pulled to the prior."""
+    kl_balance: float | None = field(default=None, repr=False)
+    """Deprecated keyword, accepted until the next release: KL balancing is experimental and
+    moved to ``experimental=WorldModelExperimental(kl_balance=...)``
+    (:class:`~lbwrap.experimental.WorldModelExperimental`). A value given here is moved there
+    (with a ``DeprecationWarning`` unless it is ``None``); the attribute then reads ``None``."""
     activation: str = "elu"
     cnn_activation: str = "relu"
+    experimental: WorldModelExperimental = field(default_factory=WorldModelExperimental)
+    """Options measured to have no effect (:mod:`lbwrap.experimental`); a dict is converted."""
 
     def __post_init__(self) -> None:
+        self.experimental = as_experimental(self.experimental, WorldModelExperimental,
+                                            "WorldModelConfig")
+        move_deprecated_option(self, "kl_balance", "kl_balance", default=None)
         self.validate()
 
     # ------------------------------------------------------------------ presets
@@ -114,13 +127,7 @@ class WorldModelConfig:
                 raise ValueError(f"WorldModelConfig.{name} must be finite and >= 0, got {value}")
         if self.min_std <= 0:
             raise ValueError(f"WorldModelConfig.min_std must be > 0, got {self.min_std}")
-        if self.kl_balance is not None and (
-            isinstance(self.kl_balance, bool) or not isinstance(self.kl_balance, (int, float))
-            or not 0.0 < self.kl_balance < 1.0
-        ):
-            raise ValueError(
-                f"WorldModelConfig.kl_balance must be None or a number in (0, 1), got {self.kl_balance!r}"
-            )
+        self.experimental.validate()
         for name in ("activation", "cnn_activation"):
             if getattr(self, name) not in ACTIVATIONS:
                 raise ValueError(
@@ -134,17 +141,21 @@ class WorldModelConfig:
         return self.deter_dim + self.stoch_dim
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain-dict form (what checkpoints store)."""
-        return asdict(self)
+        """Plain-dict form (what checkpoints store; without the deprecated ``kl_balance`` key)."""
+        out = asdict(self)
+        del out["kl_balance"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorldModelConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``. A ``kl_balance`` key
+        (files written before it became experimental) is read as ``experimental.kl_balance``,
+        without a warning."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown WorldModelConfig fields: {unknown}")
-        return cls(**data)
+        return cls(**move_deprecated_key(data, "kl_balance", "kl_balance", default=None))
 
     def differences(self, other: WorldModelConfig) -> list[str]:
         """Names of the fields whose values differ between ``self`` and ``other``."""

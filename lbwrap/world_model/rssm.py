@@ -29,9 +29,10 @@ from lbwrap.world_model.networks import MLP, ConvDecoder, ConvEncoder, activatio
 
 __all__ = ["WorldModel", "WorldModelOutput", "gaussian_kl"]
 
-#: Config fields that only change the loss, not the function the weights compute.
+#: Config fields that only change the loss, not the function the weights compute (every option
+#: of ``experimental``, :class:`~lbwrap.experimental.WorldModelExperimental`, is one).
 LOSS_ONLY_FIELDS = ("free_nats", "image_weight", "reward_weight", "cost_weight", "kl_weight",
-                    "kl_balance")
+                    "experimental")
 Policy = Callable[[LatentState], torch.Tensor]
 
 
@@ -354,15 +355,16 @@ class WorldModel(nn.Module):
         reward_loss = (self.predict_reward(feat) - b["reward"]).pow(2).mean()
         cost_loss = (self.predict_cost(feat) - b["cost"]).pow(2).mean()
         kl = gaussian_kl(posts.mean, posts.std, priors.mean, priors.std).sum(-1)
-        if cfg.kl_balance is None:
+        kl_balance = cfg.experimental.kl_balance
+        if kl_balance is None:
             kl_loss = kl.clamp(min=cfg.free_nats).mean()
         else:
             to_prior = gaussian_kl(posts.mean.detach(), posts.std.detach(), priors.mean,
                                    priors.std).sum(-1)
             to_post = gaussian_kl(posts.mean, posts.std, priors.mean.detach(),
                                   priors.std.detach()).sum(-1)
-            kl_loss = (cfg.kl_balance * to_prior.clamp(min=cfg.free_nats).mean()
-                       + (1.0 - cfg.kl_balance) * to_post.clamp(min=cfg.free_nats).mean())
+            kl_loss = (kl_balance * to_prior.clamp(min=cfg.free_nats).mean()
+                       + (1.0 - kl_balance) * to_post.clamp(min=cfg.free_nats).mean())
         loss = (cfg.image_weight * image_loss + cfg.reward_weight * reward_loss
                 + cfg.cost_weight * cost_loss + cfg.kl_weight * kl_loss)
         names = ("image_loss", "reward_loss", "cost_loss", "kl", "kl_loss", "loss")

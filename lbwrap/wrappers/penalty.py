@@ -18,7 +18,8 @@ class BarrierPenalty(gym.Wrapper):
 
     ``mode="decrease"``: the violation of the discrete-time CBF condition along the transition,
     ``relu(eps - ((B(z') - B(z)) / dt + alpha * B(z')))``; ``mode="margin"``: ``relu(eps - B(z'))``.
-    Inactive until ``safety.ready`` unless ``only_when_ready=False``. ``info`` gets
+    ``eps``, ``dt`` and ``alpha`` are B(z)'s own (``safety.config.barrier``), never the shield's
+    margin (the action-barrier shield's lives on another scale). Inactive until ``safety.ready`` unless ``only_when_ready=False``. ``info`` gets
     ``barrier_penalty`` (before scaling), ``barrier_value`` and ``env_reward``.
     """
 

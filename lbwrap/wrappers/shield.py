@@ -23,9 +23,9 @@ class BarrierShield(gym.Wrapper):
     """Action reshaping with the learned barrier (put it outside a ``LatentObservation``).
 
     For each proposed action the shield predicts the barrier after it with the safety model's
-    shield predictor (``safety.config.filter_config.predictor``: by default the action-conditioned
+    shield predictor (``safety.shield_filter.predictor``: by default the action-conditioned
     barrier on the current frame's embedding; ``"prior"``: B at the world model's one-step prior,
-    as in the paper) and checks the condition; if it fails, it executes the closest candidate
+    as in the paper) and checks the condition against that predictor's margin; if it fails, it executes the closest candidate
     action that passes (or, if none does, the one with the largest predicted B). It stays inactive — actions pass through, clipped to the box — until ``safety.ready``
     (the barrier's balanced accuracy gate, see :mod:`lbwrap.safety_model`).
 
