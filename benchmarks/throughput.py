@@ -132,7 +132,7 @@ def time_lbwrap_shield(args: Args) -> tuple[float, dict[str, float]]:
         mode="shield", num_envs=args.num_envs, subproc=args.num_envs > 1,
         train_every=args.train_every, updates_per_train=args.updates_per_train,
         model_learning_starts=args.learning_starts, reward_scale=10.0,
-        intervention_penalty=0.1,
+        intervention_penalty=0.1, pretrain_updates=0, pretrain_min_unsafe=0,  # as measured
         sac_kwargs={"learning_starts": args.learning_starts, "batch_size": args.sac_batch_size,
                     "gradient_steps": args.sac_gradient_steps, "ent_coef": "auto_0.1",
                     "buffer_size": max(10_000, args.agent_steps + 1)})

@@ -140,7 +140,7 @@ def _observe_with_float64_state(tracker):
 
 
 def _resolve(c, **kwargs):
-    return c.example.resolve(c.example.Args(**kwargs))
+    return c.example.resolve(c.example.Args.of(**kwargs))
 
 
 CASES = [

@@ -38,15 +38,26 @@ def example():
     sys.modules.pop(spec.name, None)
 
 
+#: The debug preset's values as flags (for presets other than debug).
+TINY_FLAGS = [
+    "--tiny", "--size", "32", "--max-episode-steps", "200",
+    "--total-env-steps", "600", "--learning-starts", "100", "--model-learning-starts", "100",
+    "--train-every", "50", "--updates-per-train", "2", "--batch-size", "32",
+    "--buffer-size", "2000", "--model-batch", "4", "--model-seq-len", "8",
+    "--metrics-every", "100", "--checkpoint-every", "400", "--eval-episodes", "2",
+    "--video-steps", "20",
+]
+
+
 def tiny_argv(out_dir: Path, *extra: str) -> list[str]:
-    return [
-        "--env-id", "lbwrap/PixelHazard-v0", "--tiny", "--size", "32", "--max-episode-steps", "200",
-        "--total-env-steps", "600", "--learning-starts", "100", "--model-learning-starts", "100",
-        "--train-every", "50", "--updates-per-train", "2", "--batch-size", "32",
-        "--buffer-size", "2000", "--model-batch", "4", "--model-seq-len", "8",
-        "--metrics-every", "100", "--checkpoint-every", "400", "--eval-episodes", "2",
-        "--video-steps", "20", "--no-progress", "--out-dir", str(out_dir), *extra,
-    ]
+    return ["--preset", "debug", "--env-id", "lbwrap/PixelHazard-v0", "--no-progress",
+            "--out-dir", str(out_dir), *extra]
+
+
+def test_debug_preset_is_the_tiny_flags(example):
+    debug = example.cli(["--preset", "debug", "--env-id", "lbwrap/PixelHazard-v0"]).config
+    flags = example.cli(["--env-id", "lbwrap/PixelHazard-v0", *TINY_FLAGS]).config
+    assert debug == flags.replace(preset="debug")
 
 
 def run(example, argv: list[str]) -> dict:
@@ -180,6 +191,13 @@ def test_resume_before_the_first_checkpoint_starts_the_run_again(example, tmp_pa
     monkeypatch.setattr(example, "save_checkpoint", real_save)
     assert calls["n"] >= 1 and not (out / "checkpoints").exists()
     assert (out / "run_config.json").is_file()
+    # written in the flat form of earlier lbwraps (before num_envs, sac_gradient_steps and
+    # autocast existed): the resume reads it, filling those from the saved preset
+    nested = json.loads((out / "run_config.json").read_text())
+    flat = {k: v for section in ("env", "safety", "cotrain", "agent", "run")
+            for k, v in nested[section].items()
+            if k not in ("num_envs", "sac_gradient_steps", "autocast")}
+    (out / "run_config.json").write_text(json.dumps({**flat, "resume": False, "tiny": True}))
     resumed = run(example, ["--out-dir", str(out), "--resume", "--video-steps", "0",
                             "--eval-episodes", "0"])
     assert resumed["agent_steps"] == 200 and resumed["env_steps"] == 400
@@ -189,43 +207,48 @@ def test_resume_before_the_first_checkpoint_starts_the_run_again(example, tmp_pa
 
 def test_presets_and_explicit_flags(example):
     quick = example.resolve(example.Args())
-    assert quick["env_id"] == "lbwrap/PixelHazardRun-v0" and quick["mode"] == "shield"
-    assert quick["level"] == 2 and quick["total_env_steps"] == 10_000
-    assert quick["world_model"] == "cpu"
-    assert quick["out_dir"] == Path("runs/lbwrap-PixelHazardRun-v0-shield-0")
-    safety = example.resolve(example.Args(env_id="SafetyPointGoal1Vision-v0"))
-    assert safety["level"] is None and safety["total_env_steps"] <= 20_000
-    assert safety["out_dir"] == Path("runs/SafetyPointGoal1Vision-v0-shield-0")
-    hazard = example.resolve(example.Args(env_id="lbwrap/PixelHazard-v0", seed=3))
-    assert hazard["total_env_steps"] >= quick["total_env_steps"]
-    assert hazard["out_dir"] == Path("runs/lbwrap-PixelHazard-v0-shield-3")
-    paper = example.resolve(example.Args(preset="paper", batch_size=64))
-    assert paper["total_env_steps"] == 1_000_000 and paper["world_model"] == "paper"
-    assert (paper["model_batch"], paper["model_seq_len"], paper["batch_size"]) == (32, 50, 64)
+    assert quick.env.env_id == "lbwrap/PixelHazardRun-v0" and quick.agent.mode == "shield"
+    assert quick.env.level == 2 and quick.run.total_env_steps == 10_000
+    assert quick.safety.world_model == "cpu"
+    assert quick.run.out_dir == Path("runs/lbwrap-PixelHazardRun-v0-shield-0")
+    safety = example.resolve(example.Args.of(env_id="SafetyPointGoal1Vision-v0"))
+    assert safety.env.level is None and safety.run.total_env_steps <= 20_000
+    assert safety.run.out_dir == Path("runs/SafetyPointGoal1Vision-v0-shield-0")
+    hazard = example.resolve(example.Args.of(env_id="lbwrap/PixelHazard-v0", seed=3))
+    assert hazard.run.total_env_steps >= quick.run.total_env_steps
+    assert hazard.run.out_dir == Path("runs/lbwrap-PixelHazard-v0-shield-3")
+    paper = example.resolve(example.Args.of(preset="paper", batch_size=64))
+    assert paper.run.total_env_steps == 1_000_000 and paper.safety.world_model == "paper"
+    assert (paper.safety.model_batch, paper.safety.model_seq_len, paper.agent.batch_size) == (
+        32, 50, 64)
+    # the command line gives the same settings
+    assert example.resolve(example.cli(["--preset", "paper", "--batch-size", "64"])) == paper
+    assert example.cli(["--seed", "3", "--mode", "none"]).config.run.out_dir == Path(
+        "runs/lbwrap-PixelHazardRun-v0-none-3")
     with pytest.raises(ValueError, match="total-env-steps"):
-        example.resolve(example.Args(total_env_steps=0))
+        example.resolve(example.Args.of(total_env_steps=0))
 
 
 def test_presets_defer_the_pretraining_burst_to_the_first_hazard_contact(example):
     for preset in ("quick", "paper"):
-        assert example.resolve(example.Args(preset=preset))["pretrain_min_unsafe"] == 3
-    cfg = example.resolve(example.Args(env_id="lbwrap/PixelHazard-v0", tiny=True, size=32,
-                                       pretrain_min_unsafe=7, out_dir=Path("unused")))
+        assert example.resolve(example.Args.of(preset=preset)).cotrain.pretrain_min_unsafe == 3
+    cfg = example.resolve(example.Args.of(env_id="lbwrap/PixelHazard-v0", tiny=True, size=32,
+                                          pretrain_min_unsafe=7, out_dir=Path("unused")))
     built = example.build(cfg)
     assert built.cotrain.pretrain_min_unsafe == 7
-    assert built.cotrain.pretrain_updates == cfg["pretrain_updates"] == 200
+    assert built.cotrain.pretrain_updates == cfg.cotrain.pretrain_updates == 200
     built.env.close()
 
 
 def test_shield_predictor_flag(example):
     quick = example.resolve(example.Args())
-    assert quick["shield_predictor"] == "action_barrier"
-    assert "action_barrier" not in example.safety_kwargs(quick)  # the model's default: on
-    prior = example.resolve(example.Args(shield_predictor="prior"))
-    assert example.safety_kwargs(prior)["action_barrier"] is None
+    assert quick.safety.shield_predictor == "action_barrier"
+    assert "action_barrier" not in quick.safety_kwargs()  # the model's default: on
+    prior = example.resolve(example.Args.of(shield_predictor="prior"))
+    assert prior.safety_kwargs()["action_barrier"] is None
     # a run saved before the flag existed resumes with the predictor it was trained with
     old = example.resolve(example.Args(), saved={"env_id": "lbwrap/PixelHazard-v0"})
-    assert old["shield_predictor"] == "prior"
+    assert old.safety.shield_predictor == "prior"
 
 
 def test_report_draws_the_run_next_to_the_committed_reference(example, tmp_path, monkeypatch):
@@ -234,7 +257,7 @@ def test_report_draws_the_run_next_to_the_committed_reference(example, tmp_path,
     monkeypatch.setattr(example, "REFERENCE_DIR", tmp_path / "reference")
     plain = run(example, tiny_argv(tmp_path / "plain", "--mode", "none", "--write-reference"))
     assert plain["vs_reference"] is None  # a plain run is not compared with itself
-    folder = tmp_path / "reference" / "lbwrap-PixelHazard-v0-quick-seed0"
+    folder = tmp_path / "reference" / "lbwrap-PixelHazard-v0-debug-seed0"
     stored = json.loads((folder / "reference.json").read_text())
     assert stored["mode"] == "none" and "--write-reference" in stored["command"]
     assert (folder / "metrics.csv").exists() and (folder / "summary.json").exists()
@@ -250,13 +273,15 @@ def test_report_draws_the_run_next_to_the_committed_reference(example, tmp_path,
 
 def test_committed_reference_matches_the_quick_preset(example):
     """The reference that `make run` is drawn against was made with the quick preset's settings."""
-    cfg = example.resolve(example.Args(mode="none"))
+    cfg = example.resolve(example.Args.of(mode="none"))
     folder = example.reference_folder(cfg)
     ref = json.loads((folder / "reference.json").read_text())
     assert ref["mode"] == "none"
-    assert {k: ref[k] for k in example.REFERENCE_KEYS} == {
-        k: cfg[k] for k in example.REFERENCE_KEYS}
-    assert read_metrics(folder / "metrics.csv")["env_steps"][-1] == cfg["total_env_steps"]
+    assert {k: ref[k] for k in example.REFERENCE_KEYS} == example.reference_values(cfg)
+    assert read_metrics(folder / "metrics.csv")["env_steps"][-1] == cfg.run.total_env_steps
+    # its run_config.json (the flat form) reads as the quick preset with its own flags
+    saved = example.TrainConfig.from_json(json.loads((folder / "run_config.json").read_text()))
+    assert saved == example.preset_config("quick").replace(mode="none", progress=False)
 
 
 def test_compare_runs_line():
@@ -326,8 +351,8 @@ def test_resume_keeps_every_saved_setting_not_given_again(example, tmp_path):
         "--batch-size", "64", "--reward-scale", "3.5", "--ent-coef", "0.2",
         "--shield-selection", "critic", "--video-steps", "7", "--threads", "2",
         "--device", "cpu", "--out-dir", str(tmp_path)]))
-    saved = {k: v for k, v in saved.items() if k != "out_dir"}
-    cfg = example.resolve(example.cli(["--resume", "--out-dir", str(tmp_path)]), saved)
+    saved = example.run_config_json(saved)  # as run_config.json holds it
+    cfg = example.resolve(example.cli(["--resume", "--out-dir", str(tmp_path)]), saved).flat()
     for key, value in {"tiny": True, "save_replay": True, "progress": False, "batch_size": 64,
                        "reward_scale": 3.5, "ent_coef": "0.2", "shield_selection": "critic",
                        "video_steps": 7, "threads": 2, "device": "cpu",
@@ -337,15 +362,20 @@ def test_resume_keeps_every_saved_setting_not_given_again(example, tmp_path):
         "--resume", "--out-dir", str(tmp_path), "--no-save-replay", "--progress",
         "--batch-size", "32", "--reward-scale", "1.0", "--ent-coef", "auto",
         "--shield-selection", "closest", "--video-steps", "200", "--threads", "1",
-        "--device", "auto"]), saved)
+        "--device", "auto"]), saved).flat()
     for key, value in {"save_replay": False, "progress": True, "batch_size": 32,
                        "reward_scale": 1.0, "ent_coef": "auto", "shield_selection": "closest",
                        "video_steps": 200, "threads": 1, "device": "auto"}.items():
         assert again[key] == value, key
-    # per-invocation flags are never inherited
-    assert example.resolve(example.cli(["--resume", "--out-dir", str(tmp_path)]),
-                           {**saved, "write_reference": True})["write_reference"] is False
+    # the flat run_config.json of earlier runs: the same settings; its per-invocation keys
+    # (resume, write_reference) are no settings and are ignored
+    flat = {**{k: v for k, v in example.resolve(example.cli(["--resume", "--out-dir",
+                                                             str(tmp_path)]), saved).flat().items()
+               if k != "out_dir"}, "resume": True, "write_reference": True}
+    old = example.resolve(example.cli(["--resume", "--out-dir", str(tmp_path)]), flat).flat()
+    assert old == {**cfg, "out_dir": old["out_dir"]}
     assert example.cli(["--no-tiny"]).given == ("tiny",)
+    assert example.cli(["--resume", "--write-reference"]).given == ("resume", "write_reference")
 
 
 def test_nonfinite_weights_stop_the_run_naming_the_model_and_keep_the_last_finite_set(
@@ -411,13 +441,15 @@ def test_example_offers_every_recipe_mode(example):
 def test_gpu_preset_lays_out_a_cuda_box_and_runs_on_cpu(example, tmp_path):
     """--preset gpu: envs in worker processes, bf16 safety-model updates, several SAC gradient
     steps per vector step; the same layout runs (tiny, 2 envs) on this CPU."""
-    cfg = example.resolve(example.Args(preset="gpu"))
-    assert (cfg["num_envs"], cfg["sac_gradient_steps"], cfg["autocast"]) == (8, 8, "bf16")
-    assert cfg["world_model"] == "paper" and cfg["model_batch"] == 64
-    assert example.safety_kwargs(cfg)["autocast"] == "bf16"
-    assert example.resolve(example.Args())["autocast"] == "off"
-    summary = run(example, [*tiny_argv(tmp_path / "gpu", "--total-env-steps", "400"),
-                            "--preset", "gpu", "--num-envs", "2", "--device", "cpu"])
+    cfg = example.resolve(example.Args.of(preset="gpu"))
+    assert (cfg.env.num_envs, cfg.agent.sac_gradient_steps, cfg.safety.autocast) == (8, 8, "bf16")
+    assert cfg.safety.world_model == "paper" and cfg.safety.model_batch == 64
+    assert cfg.safety_kwargs()["autocast"] == "bf16"
+    assert example.resolve(example.Args()).safety.autocast == "off"
+    summary = run(example, ["--preset", "gpu", "--env-id", "lbwrap/PixelHazard-v0", *TINY_FLAGS,
+                            "--total-env-steps", "400", "--num-envs", "2", "--device", "cpu",
+                            "--no-progress", "--out-dir", str(tmp_path / "gpu")])
     assert summary["env_steps"] == 400 and summary["agent_steps"] == 200
     built_cfg = json.loads((tmp_path / "gpu" / "run_config.json").read_text())
-    assert built_cfg["num_envs"] == 2 and built_cfg["sac_gradient_steps"] == 8
+    assert built_cfg["format"] == 2 and built_cfg["run"]["preset"] == "gpu"
+    assert built_cfg["env"]["num_envs"] == 2 and built_cfg["agent"]["sac_gradient_steps"] == 8

@@ -245,7 +245,7 @@ def test_lagrangian_shield_recipe_penalises_the_costs_of_executed_actions():
     safety = make_tiny_safety(DummyVecEnv([make]))
     safety.force_ready = True  # the shield acts from the first step
     recipe = AgentRecipe(mode="lagrangian+shield", model_learning_starts=10**9, lambda_lr=0.1,
-                         cost_limit=0.0, sac_kwargs={"learning_starts": 10, "batch_size": 8,
+                         cost_limit=0.0, reward_scale=1.0, intervention_penalty=0.0, sac_kwargs={"learning_starts": 10, "batch_size": 8,
                                                      "policy_kwargs": {"net_arch": [16]}})
     built = build_safe_agent([make], recipe, safety=safety, seed=0, device="cpu")
     assert "lagrangian+shield" in SHIELD_MODES

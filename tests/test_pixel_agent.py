@@ -47,7 +47,9 @@ def trained():
     recipe = AgentRecipe(mode="shield", sac_kwargs={"learning_starts": 50, "batch_size": 32,
                                                     "buffer_size": 2000,
                                                     "policy_kwargs": {"net_arch": [16, 16]}},
-                         train_every=20, updates_per_train=2, model_learning_starts=20)
+                         train_every=20, updates_per_train=2, model_learning_starts=20,
+                         pretrain_updates=0, pretrain_min_unsafe=0, reward_scale=1.0,
+                         intervention_penalty=0.0)  # the recipe's defaults before 2026-12
     venv_probe = make_env()
     safety = make_tiny_safety(venv_probe, ready_min_updates=4, ready_min_unsafe=1,
                               ready_accuracy=0.0,

@@ -251,7 +251,7 @@ def test_penalty_shield_mode_stacks_the_penalty_outside_the_shield(tiny_safety):
     safety = tiny_safety(make())
     safety.force_ready = True
     recipe = AgentRecipe(mode="penalty+shield", model_learning_starts=10**9,
-                         intervention_penalty=0.05, penalty_scale=2.0,
+                         intervention_penalty=0.05, penalty_scale=2.0, reward_scale=1.0,
                          sac_kwargs={"learning_starts": 10, "batch_size": 8,
                                      "policy_kwargs": {"net_arch": [16]}})
     built = build_safe_agent([make], recipe, safety=safety, seed=0, device="cpu")

@@ -12,6 +12,15 @@ from lbwrap.sb3.checkpoint import (
     find_checkpoint,
     save_checkpoint_set,
 )
+from lbwrap.sb3.config import (
+    AgentSection,
+    CoTrainSection,
+    EnvSection,
+    RunSection,
+    SafetySection,
+    TrainConfig,
+    preset_config,
+)
 from lbwrap.sb3.critic_scorer import critic_scorer
 from lbwrap.sb3.executed_actions import ExecutedActionRelabel
 from lbwrap.sb3.guard import (
@@ -28,6 +37,7 @@ from lbwrap.sb3.lagrangian import (
 )
 from lbwrap.sb3.pixel_agent import PixelAgentState, SafePixelAgent
 from lbwrap.sb3.policy import BarrierSAC, BarrierSACPolicy, barrier_actor_loss
+from lbwrap.sb3.recipes import AgentRecipe, SafeAgent, build_safe_agent
 from lbwrap.sb3.refresh import LatentRefresher
 from lbwrap.sb3.vec_wrappers import (
     VecBarrierPenalty,
@@ -38,25 +48,34 @@ from lbwrap.sb3.vec_wrappers import (
 )
 
 __all__ = [
+    "AgentRecipe",
+    "AgentSection",
     "AgentSettings",
     "BarrierSAC",
     "BarrierSACPolicy",
     "CheckpointError",
     "CheckpointSet",
     "CoTrainCallback",
+    "CoTrainSection",
+    "EnvSection",
     "ExecutedActionRelabel",
     "LagrangianLoggerCallback",
     "LatentRefresher",
     "NonFiniteGuard",
     "NonFiniteWeightsError",
     "PixelAgentState",
+    "RunSection",
+    "SafeAgent",
     "SafePixelAgent",
+    "SafetySection",
+    "TrainConfig",
     "VecBarrierPenalty",
     "VecBarrierShield",
     "VecLagrangianPenalty",
     "VecLatentObservation",
     "VecRewardScale",
     "barrier_actor_loss",
+    "build_safe_agent",
     "check_finite",
     "critic_scorer",
     "explain_nonfinite",
@@ -64,5 +83,6 @@ __all__ = [
     "find_vec_lagrangian",
     "find_vec_latent",
     "nonfinite_models",
+    "preset_config",
     "save_checkpoint_set",
 ]

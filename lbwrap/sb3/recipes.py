@@ -28,6 +28,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 
+from lbwrap.experimental import RecipeExperimental, as_experimental, move_deprecated_option
 from lbwrap.safety_model import LatentSafetyModel, ObservationScorer
 from lbwrap.sb3.callback import CoTrainCallback
 from lbwrap.sb3.checkpoint import AgentSettings, algorithm_name
@@ -45,34 +46,50 @@ from lbwrap.sb3.vec_wrappers import (
     find_vec_shield,
 )
 
-__all__ = ["MODES", "SHIELD_MODES", "AgentRecipe", "SafeAgent", "build_safe_agent"]
+__all__ = ["BENCHMARKED_SAC_KWARGS", "MODES", "SHIELD_MODES", "AgentRecipe", "SafeAgent",
+           "build_safe_agent"]
 
 MODES = ("none", "shield", "penalty", "lagrangian", "barrier", "barrier+shield", "lagrangian+shield",
          "penalty+shield")
 #: The modes whose executed actions pass the barrier shield (also in evaluation).
 SHIELD_MODES = ("shield", "barrier+shield", "lagrangian+shield", "penalty+shield")
+#: SAC arguments of the benchmark and the quick preset (in agent steps): :class:`AgentRecipe`'s
+#: default ``sac_kwargs``.
+BENCHMARKED_SAC_KWARGS: dict[str, Any] = {"learning_starts": 500, "buffer_size": 100_000,
+                                          "batch_size": 256, "ent_coef": "auto_0.1",
+                                          "gradient_steps": 1}
 
 
 @dataclass
 class AgentRecipe:
-    """Knobs of :func:`build_safe_agent` (defaults sized for a 2-core CPU)."""
+    """Knobs of :func:`build_safe_agent`. Step counts are agent steps (SB3 timesteps).
+
+    The defaults are the settings ``benchmarks/safety_benchmark.py`` measured and the
+    ``quick`` preset of ``examples/train_sac_shielded.py`` runs (:class:`lbwrap.sb3.TrainConfig`
+    at action repeat 2; :meth:`~lbwrap.sb3.TrainConfig.recipe` builds this recipe from it)."""
 
     mode: str = "shield"
     num_envs: int = 1
     subproc: bool = False
     """Run envs in worker processes (the safety wrappers stay in the main process)."""
-    sac_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Extra SAC arguments (learning_starts, buffer_size, batch_size, ...)."""
+    sac_kwargs: dict[str, Any] = field(default_factory=lambda: dict(BENCHMARKED_SAC_KWARGS))
+    """SAC arguments (learning_starts, buffer_size, batch_size, ent_coef, ...). Default: the
+    benchmarked ones, :data:`BENCHMARKED_SAC_KWARGS`; a dict given replaces them whole (SB3's
+    defaults fill what it leaves out), so write ``{**BENCHMARKED_SAC_KWARGS, "batch_size": 64}``
+    to change one."""
     train_every: int = 100
+    """Agent steps between safety-model training calls (:class:`CoTrainCallback`)."""
     updates_per_train: int = 10
-    model_learning_starts: int = 1000
-    pretrain_updates: int = 0
-    """Extra safety-model updates in the first training call (see :class:`CoTrainCallback`)."""
-    pretrain_min_unsafe: int = 0
+    """World-model + barrier updates per training call."""
+    model_learning_starts: int = 50
+    """Agent steps collected before the safety model's first update."""
+    pretrain_updates: int = 200
+    """Extra safety-model updates in one training call (see :class:`CoTrainCallback`)."""
+    pretrain_min_unsafe: int = 3
     """Defer ``pretrain_updates`` until the replay holds this many unsafe steps (0: no deferral;
     see :class:`CoTrainCallback`)."""
     penalty_scale: float = 1.0
-    intervention_penalty: float = 0.0
+    intervention_penalty: float = 0.1
     """Reward (env units) subtracted when the shield replaces the agent's action (shield modes):
     teaches the agent to stop proposing what the shield blocks."""
     shield_selection: Literal["closest", "critic", "reward"] = "closest"
@@ -84,17 +101,22 @@ class AgentRecipe:
     lambda_lr: float = 0.05
     barrier_weight: float = 1.0
     barrier_horizon: int = 5
-    reward_scale: float = 1.0
+    reward_scale: float = 10.0
     """Multiply the reward the agent learns from (:class:`VecRewardScale`, outermost wrapper, so
     penalties are scaled with it); logs, evaluation and the world model keep the env's units."""
     learn_from_executed: bool = False
     """Store the action the env executed (the shield's) in SAC's replay instead of the proposal
     (:class:`ExecutedActionRelabel`); only changes anything in the shield modes."""
-    refresh_every: int = 0
-    """Env steps between re-filterings of the latents in SB3's replay buffer with the current
-    world model (:class:`LatentRefresher`); 0 turns it off (stored latents stay stale)."""
+    refresh_every: int | None = field(default=None, repr=False)
+    """Deprecated keyword, accepted until the next release: moved to
+    ``experimental=RecipeExperimental(refresh_every=...)`` (agent steps; a ``DeprecationWarning``
+    unless it is 0 or ``None``); the attribute then reads ``None``."""
+    experimental: RecipeExperimental = field(default_factory=RecipeExperimental)
+    """Options measured to have no effect (:mod:`lbwrap.experimental`)."""
 
     def __post_init__(self) -> None:
+        self.experimental = as_experimental(self.experimental, RecipeExperimental, "AgentRecipe")
+        move_deprecated_option(self, "refresh_every", "refresh_every", default=0)
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if not self.reward_scale > 0:
@@ -102,8 +124,6 @@ class AgentRecipe:
         if self.shield_selection not in SHIELD_SELECTIONS:
             raise ValueError(f"shield_selection must be one of {SHIELD_SELECTIONS}, got "
                              f"{self.shield_selection!r}")
-        if self.refresh_every < 0:
-            raise ValueError(f"refresh_every must be >= 0 (0: off), got {self.refresh_every}")
 
 
 @dataclass
@@ -199,8 +219,9 @@ def build_safe_agent(
                               pretrain_updates=recipe.pretrain_updates,
                               pretrain_min_unsafe=recipe.pretrain_min_unsafe)
     callbacks: list[BaseCallback] = [cotrain]
-    if recipe.refresh_every > 0:  # after cotrain: it maps SB3 slots to the frames cotrain wrote
-        callbacks.append(LatentRefresher(safety, refresh_every=recipe.refresh_every))
+    refresh_every = recipe.experimental.refresh_every
+    if refresh_every > 0:  # after cotrain: it maps SB3 slots to the frames cotrain wrote
+        callbacks.append(LatentRefresher(safety, refresh_every=refresh_every))
     if mode in ("lagrangian", "lagrangian+shield"):
         callbacks.append(LagrangianLoggerCallback())
     if recipe.learn_from_executed:
