@@ -110,8 +110,8 @@ class SafetySection:
     benchmarks/shield_diagnostics.py for why the default differs from the paper)."""
     shield_eps: float | None = None
     """Margin of the action-barrier shield on its logit scale: a proposal passes when
-    ``B_next >= shield_eps`` (None: the library's ``lbwrap.safety_model.ACTION_BARRIER_EPS``,
-    2.0)."""
+    ``B_next >= shield_eps`` (None: the action barrier's own margin,
+    ``lbwrap.barrier.ActionBarrierConfig.margin``, 2.0)."""
     tiny: bool = False
     """Test-sized model: a tiny world model, barrier and SAC networks, and a readiness gate that
     opens after 10 barrier updates (so that short runs exercise the shield). For tests only."""
