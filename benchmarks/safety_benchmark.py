@@ -99,22 +99,26 @@ class Args:
     label_horizon: int = 3
     """The action barrier's label horizon (``ActionBarrierConfig.horizon``; runs before
     2026-11-27 used 1)."""
+    label_steps: int = 4
+    """Action-barrier gradient steps per world-model batch (``ActionBarrierConfig.steps_per_batch``)."""
     penalty_scale: float = 1.0
     """Scale of the barrier penalty (modes penalty, penalty+shield; ``AgentRecipe.penalty_scale``)."""
     intervention_penalty: float = 0.1
     """Reward (env units) subtracted when the shield replaces the agent's action (shield modes;
     the committed runs other than ``safety_pixelhazard_intervention_penalty`` used 0)."""
     ready_release_accuracy: float | None = None
-    """Gate hysteresis (``SafetyModelConfig.ready_release_accuracy``): once open, the shield stays
+    """Gate hysteresis (``SafetyModelExperimental.ready_release_accuracy``): once open, the shield stays
     on while the accuracies stay at or above this; None (default): closes below 0.8."""
     learn_from_executed: bool = False
     """SAC stores the shield's executed action instead of its proposal (ExecutedActionRelabel)."""
+    keep_proposal: bool = False
+    """With --learn-from-executed: SAC stores the proposal's transition too (AgentRecipe.keep_proposal)."""
     shield_selection: str = "closest"
     """How the shield picks a substitute among passing actions: closest to the proposal, or the
     best by the agent's critic ("critic")."""
     shield_eps: float | None = None
     """Margin of the action-barrier shield on its logit scale (a proposal passes when
-    ``B_next >= shield_eps``); None: the library's default (``ACTION_BARRIER_EPS``)."""
+    ``B_next >= shield_eps``); None: the library's default (``ActionBarrierConfig.margin``)."""
     eval_episodes: int = 3
     """Deterministic evaluation episodes (each on its own held-out layout)."""
     num_envs: int = 1
@@ -148,6 +152,9 @@ class Args:
     """Window of that rolling rate, env steps."""
     out: Path = Path("benchmarks/results/safety_pixelhazard")
     """Output folder."""
+    save_agents: Path | None = None
+    """Also save each trained agent with its safety model (``SafePixelAgent`` checkpoint sets) in
+    ``<save_agents>/<mode>-seed<k>/``, for ``benchmarks/shield_oracle.py``; None: do not."""
 
 
 def make_env_fn(args: Args, seed: int):
@@ -156,18 +163,28 @@ def make_env_fn(args: Args, seed: int):
 
         import lbwrap
 
-        kwargs = {}
-        if args.env_id in (lbwrap.PIXEL_HAZARD_ID, lbwrap.PIXEL_HAZARD_RUN_ID):
-            kwargs = {"level": args.level, "max_episode_steps": args.max_episode_steps,
-                      "view_radius": args.view_radius}
         # Monitor: the env's own episode return (before reward scaling and penalties)
-        return Monitor(lbwrap.make_pixel_env(args.env_id, size=args.size,
-                                             action_repeat=args.action_repeat, **kwargs))
+        return Monitor(lbwrap.make_pixel_env(args.env_id, **env_kwargs(args)))
     return make
 
 
-def run_one(job: tuple[Args, str, int]) -> dict:
-    args, mode, seed = job
+def env_kwargs(args: Args) -> dict:
+    """The ``lbwrap.make_pixel_env`` arguments of ``args`` (besides the env id)."""
+    import lbwrap
+
+    kwargs: dict = {"size": args.size, "action_repeat": args.action_repeat}
+    if args.env_id in (lbwrap.PIXEL_HAZARD_ID, lbwrap.PIXEL_HAZARD_RUN_ID):
+        kwargs.update(level=args.level, max_episode_steps=args.max_episode_steps,
+                      view_radius=args.view_radius)
+    return kwargs
+
+
+def train(args: Args, mode: str, seed: int):
+    """Build one mode's agent and safety model and train it; returns ``(built, record)``.
+
+    ``record``: the training curve, the episodes' (env step, return), the violations of the
+    random warm-up and the training wall time.
+    """
     import torch
 
     import lbwrap  # noqa: F401  (first: keeps gymnasium's plugin import quiet)
@@ -176,16 +193,15 @@ def run_one(job: tuple[Args, str, int]) -> dict:
     from stable_baselines3.common.callbacks import BaseCallback
 
     from lbwrap.barrier import ActionBarrierConfig, FilterConfig
-    from lbwrap.eval import evaluate_agent
-    from lbwrap.sb3 import LatentRefresher
-    from lbwrap.sb3.recipes import SHIELD_MODES, AgentRecipe, build_safe_agent
+    from lbwrap.experimental import RecipeExperimental, SafetyModelExperimental
+    from lbwrap.sb3.recipes import AgentRecipe, build_safe_agent
 
     recipe = AgentRecipe(
         mode=mode, train_every=args.train_every, updates_per_train=args.updates_per_train,
         model_learning_starts=args.model_learning_starts,
         pretrain_updates=args.pretrain_updates, pretrain_min_unsafe=args.pretrain_min_unsafe,
-        refresh_every=args.refresh_every,
-        learn_from_executed=args.learn_from_executed,
+        experimental=RecipeExperimental(refresh_every=args.refresh_every),
+        learn_from_executed=args.learn_from_executed, keep_proposal=args.keep_proposal,
         intervention_penalty=args.intervention_penalty, penalty_scale=args.penalty_scale,
         shield_selection=args.shield_selection,
         reward_scale=args.reward_scale,
@@ -195,8 +211,10 @@ def run_one(job: tuple[Args, str, int]) -> dict:
                     "batch_size": args.sac_batch_size},
     )
     safety_kwargs: dict = {"action_barrier": ActionBarrierConfig(horizon=args.label_horizon,
-                                                                 discount=args.label_discount),
-                           "ready_release_accuracy": args.ready_release_accuracy,
+                                                                 discount=args.label_discount,
+                                                                 steps_per_batch=args.label_steps),
+                           "experimental": SafetyModelExperimental(
+                               ready_release_accuracy=args.ready_release_accuracy),
                            "preset": args.world_model, "autocast": args.autocast}
     for key, value in (("batch_size", args.model_batch), ("seq_len", args.model_seq_len)):
         if value is not None:
@@ -228,8 +246,27 @@ def run_one(job: tuple[Args, str, int]) -> dict:
 
     start = time.perf_counter()
     built.agent.learn(args.agent_steps, callback=built.callback(Recorder()))
-    train_s = time.perf_counter() - start
+    record = {"curve": curve, "episodes": episodes, "warmup": warmup,
+              "train_s": time.perf_counter() - start}
+    return built, record
+
+
+def run_one(job: tuple[Args, str, int]) -> dict:
+    args, mode, seed = job
+    from lbwrap.eval import evaluate_agent
+    from lbwrap.sb3 import LatentRefresher, SafePixelAgent
+    from lbwrap.sb3.recipes import SHIELD_MODES
+
+    built, record = train(args, mode, seed)
+    curve, episodes, warmup, train_s = (record["curve"], record["episodes"], record["warmup"],
+                                        record["train_s"])
     shield = mode in SHIELD_MODES
+    if args.save_agents is not None:  # for later analysis (benchmarks/shield_oracle.py)
+        pixel_agent = SafePixelAgent.from_training(
+            built.agent, built.safety, shield=shield, mode=mode,
+            shield_selection=args.shield_selection, env_id=args.env_id,
+            env_kwargs=env_kwargs(args))
+        pixel_agent.save(args.save_agents / f"{mode}-seed{seed}")
     ev = evaluate_agent(built.agent, make_env_fn(args, seed), built.safety,
                         episodes=args.eval_episodes, shield=shield,
                         action_scorer=built.action_scorer).summary()
@@ -251,7 +288,7 @@ def run_one(job: tuple[Args, str, int]) -> dict:
         "barrier_accuracy_ema": float(built.safety.accuracy_ema),
         "world_model_loss": m.get("world_model/loss", float("nan")),
         "refresh_every": args.refresh_every,
-        "learn_from_executed": args.learn_from_executed,
+        "learn_from_executed": args.learn_from_executed, "keep_proposal": args.keep_proposal,
         "intervention_penalty": args.intervention_penalty, "label_horizon": args.label_horizon,
         "penalty_scale": args.penalty_scale,
         "pretrain_updates": args.pretrain_updates, "pretrain_min_unsafe": args.pretrain_min_unsafe,
@@ -270,7 +307,7 @@ def run_one(job: tuple[Args, str, int]) -> dict:
 
 #: Settings added after results were committed, with the value those results used: left out of
 #: a run's identity at that value, so that the committed results still match their command.
-ADDED_LATER = {"penalty_scale": 1.0, "label_discount": 0.5, "num_envs": 1, "device": "cpu", "world_model": "cpu",
+ADDED_LATER = {"keep_proposal": False, "penalty_scale": 1.0, "label_discount": 0.5, "label_steps": 4, "num_envs": 1, "device": "cpu", "world_model": "cpu",
                "model_batch": None, "model_seq_len": None, "autocast": "off",
                "sac_gradient_steps": 1, "sac_batch_size": 256}
 
@@ -279,7 +316,7 @@ def settings_of(job: tuple[Args, str, int]) -> dict:
     """What identifies a run: every setting that changes its result (not out / parallel / ...)."""
     args, mode, seed = job
     skip = {"out", "parallel", "address", "modes", "seeds", "safe_threshold", "safe_window",
-            "report_only"}
+            "report_only", "save_agents"}
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()
               if k not in skip and not (k in ADDED_LATER and v == ADDED_LATER[k])}
     return {**values, "mode": mode, "seed": seed}

@@ -49,8 +49,11 @@ from lbwrap.barrier.action_barrier import (
     transitions,
 )
 from lbwrap.eval.barrier_accuracy import add_episodes, heldout_barrier_accuracy, random_episodes
+from lbwrap.experimental import FilterExperimental
 from lbwrap.latent_tracker import LatentTracker
-from lbwrap.safety_model import ACTION_BARRIER_EPS, LatentSafetyModel, shield_decision
+from lbwrap.safety_model import LatentSafetyModel, shield_decision
+
+ACTION_BARRIER_EPS = ActionBarrierConfig().margin  # the library's default margin
 
 POLICIES = ("random", "greedy", "noisy-greedy")
 FILTERS: dict[str, FilterConfig | None] = {
@@ -59,13 +62,15 @@ FILTERS: dict[str, FilterConfig | None] = {
                                           predictor="action_barrier"),
     "action barrier, eps=0, fallback proposal": FilterConfig(condition="barrier", eps=0.0,
                                                              predictor="action_barrier",
-                                                             fallback="proposal"),
+                                                             experimental=FilterExperimental(
+                                                                 proposal_fallback=True)),
     "action barrier, eps=1": FilterConfig(condition="barrier", eps=1.0,
                                           predictor="action_barrier"),
     "action barrier, eps=2 (default)": FilterConfig(condition="barrier", eps=ACTION_BARRIER_EPS,
                                                     predictor="action_barrier"),
     "prior, cbf, fallback max_barrier": FilterConfig(condition="cbf"),
-    "prior, cbf, fallback proposal": FilterConfig(condition="cbf", fallback="proposal"),
+    "prior, cbf, fallback proposal": FilterConfig(
+        condition="cbf", experimental=FilterExperimental(proposal_fallback=True)),
     "prior, barrier eps=0": FilterConfig(condition="barrier", eps=0.0),
     "prior, cbf lookahead 2": FilterConfig(condition="cbf", lookahead=2),
 }
