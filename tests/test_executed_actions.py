@@ -13,7 +13,7 @@ import lbwrap
 from lbwrap.sb3 import ExecutedActionRelabel, VecBarrierShield, VecLatentObservation
 
 
-def shielded_stack(scripted_env_cls, tiny_safety):
+def shielded_stack(scripted_env_cls, tiny_safety, intervention_penalty: float = 0.0):
     """Two scripted envs with a [-2, 2] action box behind an always-intervening shield."""
 
     class WideBox(scripted_env_cls):
@@ -26,7 +26,8 @@ def shielded_stack(scripted_env_cls, tiny_safety):
     safety = tiny_safety(venv)
     make_barrier_negative(safety)
     safety.force_ready = True
-    return inner, VecBarrierShield(VecLatentObservation(venv, safety), safety)
+    return inner, VecBarrierShield(VecLatentObservation(venv, safety), safety,
+                                   intervention_penalty=intervention_penalty)
 
 
 @pytest.mark.parametrize("relabel", [True, False])
@@ -43,6 +44,36 @@ def test_replay_holds_the_executed_action(scripted_env_cls, tiny_safety, relabel
         assert callback.relabelled == 10  # 5 steps x 2 envs, every proposal was overridden
     else:
         assert not np.allclose(stored, executed / 2.0, atol=1e-3)  # SB3 keeps the proposals
+
+
+def test_keep_proposal_stores_both_transitions_and_gives_the_penalty_back(scripted_env_cls,
+                                                                         tiny_safety):
+    inner, venv = shielded_stack(scripted_env_cls, tiny_safety, intervention_penalty=0.25)
+    agent = SAC("MlpPolicy", venv, learning_starts=1000, buffer_size=100, seed=0,
+                policy_kwargs={"net_arch": [8]})
+    callback = ExecutedActionRelabel(keep_proposal=True, intervention_reward=0.25)
+    agent.learn(10, callback=callback)  # 5 vector steps of 2 envs
+    buf = agent.replay_buffer
+    assert buf.pos == 10  # two rows per step: the executed action's, then SB3's proposal
+    executed = np.stack([np.stack(env.received_actions[:5]) for env in inner], axis=1)
+    np.testing.assert_allclose(buf.actions[0:10:2], executed / 2.0, atol=1e-5)
+    assert not np.allclose(buf.actions[1:10:2], executed / 2.0, atol=1e-3)  # the proposals
+    np.testing.assert_allclose(buf.observations[0:10:2], buf.observations[1:10:2])
+    np.testing.assert_allclose(buf.next_observations[0:10:2], buf.next_observations[1:10:2])
+    # every proposal was replaced: its row carries the penalty, the executed row does not
+    np.testing.assert_allclose(buf.rewards[0:10:2] - buf.rewards[1:10:2], 0.25, atol=1e-6)
+    assert callback.relabelled == 10
+
+
+def test_keep_proposal_refuses_what_it_cannot_store(scripted_env_cls, tiny_safety):
+    with pytest.raises(ValueError, match="keep_proposal=True"):
+        ExecutedActionRelabel(intervention_reward=0.1)
+    _, venv = shielded_stack(scripted_env_cls, tiny_safety)
+    agent = SAC("MlpPolicy", venv, learning_starts=1000, buffer_size=100, seed=0,
+                optimize_memory_usage=True, replay_buffer_kwargs={"handle_timeout_termination": False},
+                policy_kwargs={"net_arch": [8]})
+    with pytest.raises(ValueError, match="optimize_memory_usage"):
+        agent.learn(2, callback=ExecutedActionRelabel(keep_proposal=True))
 
 
 def test_on_policy_algorithms_are_left_alone(scripted_env_cls, tiny_safety):
@@ -66,6 +97,16 @@ def test_recipe_adds_the_relabel_callback_on_request():
     built = build_safe_agent(fns, AgentRecipe(mode="shield", learn_from_executed=True,
                                               sac_kwargs=sac), device="cpu", safety_kwargs=tiny)
     assert isinstance(built.callbacks[-1], ExecutedActionRelabel)
+    assert not built.callbacks[-1].keep_proposal
+    built = build_safe_agent(fns, AgentRecipe(mode="shield", learn_from_executed=True,
+                                              keep_proposal=True, intervention_penalty=0.1,
+                                              reward_scale=10.0, sac_kwargs=sac),
+                             device="cpu", safety_kwargs=tiny)
+    relabel = built.callbacks[-1]
+    assert isinstance(relabel, ExecutedActionRelabel) and relabel.keep_proposal
+    assert relabel.intervention_reward == pytest.approx(1.0)  # the penalty in the agent's units
+    with pytest.raises(ValueError, match="needs learn_from_executed"):
+        AgentRecipe(mode="shield", keep_proposal=True)
     built = build_safe_agent(fns, AgentRecipe(mode="shield", sac_kwargs=sac), device="cpu",
                              safety_kwargs=tiny)
     assert not any(isinstance(c, ExecutedActionRelabel) for c in built.callbacks)

@@ -107,6 +107,10 @@ class AgentRecipe:
     learn_from_executed: bool = False
     """Store the action the env executed (the shield's) in SAC's replay instead of the proposal
     (:class:`ExecutedActionRelabel`); only changes anything in the shield modes."""
+    keep_proposal: bool = False
+    """With ``learn_from_executed``: store the proposal's transition (intervention penalty
+    included) *and* the executed action's (penalty given back), so that the critic learns both
+    what the blocked proposal led to and what the substitute is worth."""
     refresh_every: int | None = field(default=None, repr=False)
     """Deprecated keyword, accepted until the next release: moved to
     ``experimental=RecipeExperimental(refresh_every=...)`` (agent steps; a ``DeprecationWarning``
@@ -121,6 +125,9 @@ class AgentRecipe:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if not self.reward_scale > 0:
             raise ValueError(f"reward_scale must be > 0, got {self.reward_scale}")
+        if self.keep_proposal and not self.learn_from_executed:
+            raise ValueError("keep_proposal=True needs learn_from_executed=True (it stores the "
+                             "executed action besides the proposal)")
         if self.shield_selection not in SHIELD_SELECTIONS:
             raise ValueError(f"shield_selection must be one of {SHIELD_SELECTIONS}, got "
                              f"{self.shield_selection!r}")
@@ -225,7 +232,10 @@ def build_safe_agent(
     if mode in ("lagrangian", "lagrangian+shield"):
         callbacks.append(LagrangianLoggerCallback())
     if recipe.learn_from_executed:
-        callbacks.append(ExecutedActionRelabel())
+        callbacks.append(ExecutedActionRelabel(
+            keep_proposal=recipe.keep_proposal,
+            intervention_reward=(recipe.intervention_penalty * recipe.reward_scale
+                                 if recipe.keep_proposal else 0.0)))
     pixel_shape = venv.observation_space.shape
     assert pixel_shape is not None  # VecLatentObservation checked that it is an image space
     return SafeAgent(agent=agent, env=stack, safety=safety, cotrain=cotrain, callbacks=callbacks,
