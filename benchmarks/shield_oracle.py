@@ -26,10 +26,16 @@ Per driver (how the executed action is chosen) it reports:
 Drivers: ``agent`` (the saved agent exactly as trained: its shield, margin and substitute
 selection), ``eps=E`` (the agent's proposal, the action barrier at margin ``E``, substitute the
 passing candidate closest to the proposal), ``progress eps=E`` (substitute: the passing candidate
-with the largest forward component) and ``oracle`` (substitute: the truly safe candidate closest
-to the proposal; a privileged upper bound of any shield that judges ``--truth-steps`` ahead) and
-``oracle progress`` (the truly safe candidate with the largest forward component). Writes ``<out>/summary.md`` and
-``<out>/oracle.csv``.
+with the largest forward component), ``oracle`` (substitute: the truly safe candidate closest to
+the proposal; a privileged upper bound of any shield that judges ``--truth-steps`` ahead) and
+``oracle progress`` (the truly safe candidate with the largest forward component).
+
+Then a **probe** (``--probe-episodes``): does the agent's observation carry the hazard ahead? A
+small MLP learns, from the latent features and from the encoder embedding, whether holding
+"straight ahead" is truly unsafe, at the steps that start outside every hazard (held-out ROC
+AUC).
+
+Writes ``<out>/summary.md``, ``<out>/oracle.csv`` and ``<out>/probe.csv``.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import torch
 import tyro
 from _report import machine, write_csv, write_markdown
 
-import lbwrap
+from lbwrap.envs import PIXEL_HAZARD_RUN_ID
 from lbwrap.eval.evaluate import EVAL_SEED_OFFSET
 from lbwrap.latent_tracker import LatentTracker
 from lbwrap.safety_model import bind_observations, shield_decision
@@ -68,6 +74,10 @@ class Args:
     """Margins ``eps`` of the discrimination columns."""
     seed: int = 0
     """Seed of the random candidates."""
+    probe_episodes: int = 12
+    """Episodes of a forward-random policy (ax ~ U(0.3, 1), ay ~ U(-1, 1)) on which a small MLP
+    learns, from the agent's latent features and from the encoder embedding, whether holding
+    "straight ahead" (1, 0) is truly unsafe (held-out ROC AUC; 0: no probe)."""
     out: Path = Path("benchmarks/results/shield_oracle")
     """Output folder."""
 
@@ -222,12 +232,94 @@ def run_driver(pixel_agent: SafePixelAgent, driver: str, args: Args) -> dict:
     return row
 
 
+def probe(pixel_agent: SafePixelAgent, args: Args) -> list[dict]:
+    """Does the agent's observation carry the hazard ahead? Held-out AUC of a small MLP probe
+    on the steps that start outside every hazard."""
+    safety, settings = pixel_agent.safety, pixel_agent.settings
+    repeat = int(settings.env_kwargs.get("action_repeat", 2))
+    rng = np.random.default_rng(args.seed)
+    feats, embeds, targets = [], [], {1: [], 3: []}
+    straight = np.array([[1.0, 0.0]])
+    for episode in range(args.probe_episodes):
+        env = settings.make_env()
+        core = env.unwrapped
+        obs, _ = env.reset(seed=EVAL_SEED_OFFSET // 2 + episode)  # neither training nor eval layouts
+        tracker = LatentTracker(safety.world_model, 1)
+        act, first, done = np.zeros((1, safety.action_dim), np.float32), True, False
+        while not done:
+            frames = np.asarray(obs)[None]
+            if not settings.channel_first:
+                frames = frames.transpose(0, 3, 1, 2)
+            f = tracker.observe(np.ascontiguousarray(frames), act, np.array([first]))
+            first = False
+            if core.hazard_distance() > 0:  # outside: the target is the hazard *ahead*
+                feats.append(np.asarray(f[0], np.float32))
+                embeds.append(tracker.embed[0].float().cpu().numpy())
+                for steps, values in targets.items():
+                    values.append(bool(truly_unsafe(core, straight, repeat * steps)[0]))
+            act = np.array([[rng.uniform(0.3, 1.0), rng.uniform(-1.0, 1.0)]], np.float32)
+            obs, _, terminated, truncated, _ = env.step(act[0])
+            done = terminated or truncated
+        env.close()
+    inputs = {"latent features (what SAC sees)": np.stack(feats),
+              "encoder embedding (what the action barrier sees)": np.stack(embeds)}
+    rows = []
+    for name, x in inputs.items():
+        row: dict = {"input": name, "dim": x.shape[1], "samples": x.shape[0]}
+        for steps, y in targets.items():
+            y_arr = np.array(y)
+            row[f"unsafe share ({steps} step)"] = float(y_arr.mean())
+            row[f"AUC ({steps} step)"] = _probe_auc(x, y_arr, args.seed)
+        rows.append(row)
+    return rows
+
+
+def _probe_auc(x: np.ndarray, y: np.ndarray, seed: int, steps: int = 1500) -> float:
+    """Held-out (30 %) ROC AUC of a one-hidden-layer MLP trained with class-weighted BCE."""
+    gen = np.random.default_rng(seed + 1)
+    idx = gen.permutation(len(x))
+    train, test = idx[: int(0.7 * len(x))], idx[int(0.7 * len(x)):]
+    xt = torch.as_tensor(x, dtype=torch.float32)
+    yt = torch.as_tensor(y, dtype=torch.float32)
+    mu, sd = xt[train].mean(0), xt[train].std(0) + 1e-6
+    xt = (xt - mu) / sd
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(torch.nn.Linear(x.shape[1], 128), torch.nn.ELU(),
+                              torch.nn.Linear(128, 1))
+    opt = torch.optim.Adam(net.parameters(), 1e-3, weight_decay=1e-4)
+    pos = float(yt[train].mean())
+    if pos in (0.0, 1.0):
+        return math.nan
+    weight = torch.tensor((1 - pos) / pos)
+    for _ in range(steps):
+        batch = torch.as_tensor(gen.choice(train, 256))
+        logits = net(xt[batch]).squeeze(-1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, yt[batch],
+                                                                    pos_weight=weight)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        scores = net(xt[test]).squeeze(-1).numpy()
+    return auc(scores, y[test])
+
+
+def table(rows: list[dict]) -> list[str]:
+    """A Markdown table of dict rows (floats to 3 decimals)."""
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        lines.append("| " + " | ".join(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
+                                       for c in cols) + " |")
+    return lines
+
+
 def main(args: Args) -> None:
     torch.set_num_threads(1)
     pixel_agent = SafePixelAgent.load(args.agent, device="cpu")
     settings = pixel_agent.settings
-    if settings.env_id != lbwrap.PIXEL_HAZARD_RUN_ID:
-        raise SystemExit(f"shield_oracle needs an agent trained on {lbwrap.PIXEL_HAZARD_RUN_ID} "
+    if settings.env_id != PIXEL_HAZARD_RUN_ID:
+        raise SystemExit(f"shield_oracle needs an agent trained on {PIXEL_HAZARD_RUN_ID} "
                          f"(its privileged state gives the truth), got {settings.env_id!r}")
     if pixel_agent.safety.action_barrier is None:
         raise SystemExit("the agent's safety model has no action barrier to judge")
@@ -240,15 +332,18 @@ def main(args: Args) -> None:
         print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()},
               flush=True)
         rows.append(row)
-    cols = list(rows[0])
     lines = [(f"# shield oracle {date.today()}, {machine()}, agent {args.agent} "
-             f"(mode {settings.mode}, selection {settings.shield_selection})"), "",
+              f"(mode {settings.mode}, selection {settings.shield_selection})"), "",
              (f"{args.episodes} held-out episodes per driver, {args.candidates} random candidates "
-             f"per step, truth: the action held for {args.truth_steps} agent step(s)."), "",
-             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in rows:
-        lines.append("| " + " | ".join(f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c])
-                                       for c in cols) + " |")
+              f"per step, truth: the action held for {args.truth_steps} agent step(s)."), "",
+             *table(rows)]
+    probe_rows = probe(pixel_agent, args) if args.probe_episodes else []
+    if probe_rows:
+        lines += ["", ("Probe: is holding (1, 0) truly unsafe, from the agent's observation, at "
+                       f"steps outside every hazard ({args.probe_episodes} forward-random "
+                       "episodes, 70/30 split):"), "",
+                  *table(probe_rows)]
+        write_csv(args.out / "probe.csv", probe_rows)
     lines += ["", "args: " + str({k: (str(v) if isinstance(v, Path) else v)
                                   for k, v in asdict(args).items()})]
     write_markdown(args.out / "summary.md", lines)
