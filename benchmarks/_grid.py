@@ -16,12 +16,12 @@ Ray (``pip install "lbwrap[bench]"``) starts a local cluster with ``parallel`` C
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from lbwrap.eval.report import write_json
 
 RESULT_FILE = "result.json"
 
@@ -36,17 +36,7 @@ def result_path(out: Path, name: str) -> Path:
 def write_result(out: Path, name: str, settings: dict[str, Any], result: dict[str, Any]) -> Path:
     """Atomically write one run's result (with its settings) and return the file's path."""
     path = result_path(out, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".result-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump({"name": name, "settings": settings, "result": result}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json(path, {"name": name, "settings": settings, "result": result})
     return path
 
 

@@ -217,9 +217,9 @@ def build(cfg: TrainConfig):
 
 # ------------------------------------------------------------------------------------ checkpoints
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    from lbwrap.eval import write_json
+
+    write_json(path, data)
 
 
 def run_config_json(cfg: TrainConfig) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from lbwrap.eval.report import (
     read_metrics,
     record_episode_video,
     truncate_metrics,
+    write_json,
 )
 
 __all__ = [
@@ -37,4 +38,5 @@ __all__ = [
     "read_metrics",
     "record_episode_video",
     "truncate_metrics",
+    "write_json",
 ]

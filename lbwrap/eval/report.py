@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import time
@@ -32,7 +33,7 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
-from lbwrap._atomic import atomic_write_text
+from lbwrap._atomic import atomic_write, atomic_write_text
 from lbwrap.safety_model import LatentSafetyModel
 from lbwrap.wrappers import BarrierShield, LatentObservation
 
@@ -47,6 +48,7 @@ __all__ = [
     "read_metrics",
     "record_episode_video",
     "truncate_metrics",
+    "write_json",
 ]
 
 #: Columns of ``metrics.csv``, in order.
@@ -591,13 +593,18 @@ def record_episode_video(
 
     if scale is None:
         scale = 4 if cameras[0].shape[0] <= 32 else 3
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    # not ``with ... as writer``: imageio's stub types __enter__ as the base class (no append_data)
-    writer = imageio.get_writer(tmp, mode="I", duration=1000.0 / fps, loop=0)
-    with writer:
-        for t in range(len(cameras)):
-            writer.append_data(compose_video_frame(cameras[t], recons[t], barrier, costs, t, scale))
-    os.replace(tmp, path)
+    frames: list[Any] = [compose_video_frame(cameras[t], recons[t], barrier, costs, t, scale)
+                         for t in range(len(cameras))]
+    gif = imageio.mimwrite("<bytes>", frames, format="GIF", duration=1000.0 / fps, loop=0)
+    if not isinstance(gif, bytes):  # "<bytes>" makes imageio return the encoded file
+        raise TypeError(f"imageio returned {type(gif).__name__} instead of the GIF's bytes")
+    atomic_write(path, lambda handle: handle.write(gif))
     return EpisodeVideo(path=path, steps=len(cameras) - 1, episode_return=ret,
                         cost=float(np.sum(costs)), violations=violations, barrier=barrier,
                         costs=costs)
+
+
+def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:
+    """Write ``data`` as indented JSON, atomically (a reader sees the old file or the new one);
+    values JSON cannot encode (paths, numpy scalars) are written as ``str``."""
+    return atomic_write_text(path, json.dumps(data, indent=2, default=str))
