@@ -17,11 +17,13 @@ def machine() -> str:
 
 
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], dated: bool = True) -> None:
-    """One row per dict (keys of the first row as columns), with a leading ``date`` column."""
+    """One row per dict, with a leading ``date`` column. Columns: every key, in the order of
+    first appearance (rows written before a setting existed leave its cell empty)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    columns = (["date"] if dated else []) + list(rows[0])
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    columns = (["date"] if dated else []) + keys
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
         writer.writeheader()
         for row in rows:
             writer.writerow({"date": date.today(), **row} if dated else row)

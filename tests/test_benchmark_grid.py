@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import _aggregate
 import _grid
+import _report
 
 
 @pytest.fixture(autouse=True)
@@ -132,3 +133,17 @@ def test_plots_write_files(tmp_path: Path) -> None:
     _aggregate.plot_tradeoff(_aggregate.summarise_groups(groups), tmp_path / "tradeoff.png")
     assert (tmp_path / "curves.png").stat().st_size > 1000
     assert (tmp_path / "tradeoff.png").stat().st_size > 1000
+
+
+def test_write_csv_keeps_settings_added_after_the_first_rows(tmp_path):
+    """A grid resumed after a setting was added holds rows with and without it."""
+    import csv
+
+    path = tmp_path / "runs.csv"
+    _report.write_csv(path, [{"mode": "shield", "seed": 0}, {"mode": "shield", "seed": 1,
+                                                             "keep_proposal": True}])
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["date", "mode", "seed", "keep_proposal"]
+    assert rows[0]["keep_proposal"] == "" and rows[1]["keep_proposal"] == "True"
+
