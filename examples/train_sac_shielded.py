@@ -50,6 +50,7 @@ import torch
 import tyro
 
 import lbwrap
+from lbwrap.eval import write_json
 from lbwrap.sb3.config import (
     BUILTIN_LEVELS,
     PRESET_OVERLAYS,
@@ -216,12 +217,6 @@ def build(cfg: TrainConfig):
 
 
 # ------------------------------------------------------------------------------------ checkpoints
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from lbwrap.eval import write_json
-
-    write_json(path, data)
-
-
 def run_config_json(cfg: TrainConfig) -> dict[str, Any]:
     """What run_config.json holds: the tree without the output folder (a moved run resumes)."""
     data = cfg.to_json()
@@ -404,7 +399,7 @@ def main(args: Args) -> dict[str, Any]:
             raise
     # nothing in out_dir was written before this point
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(out_dir / "run_config.json", run_config_json(cfg))
+    write_json(out_dir / "run_config.json", run_config_json(cfg))
     metrics_csv = out_dir / "metrics.csv"
     agent = built.agent
     ar = cfg.env.action_repeat
@@ -489,7 +484,7 @@ def main(args: Args) -> dict[str, Any]:
         "out_dir": str(out_dir), "plots": pngs, "vs_reference": comparison,
         "video": str(video.path) if video else None,
     }
-    _write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / "summary.json", summary)
     if args.write_reference and not interrupted:
         write_reference(cfg, out_dir, command_line(args))
     report = write_report(out_dir, summary)
@@ -547,7 +542,7 @@ def write_reference(cfg: TrainConfig, out_dir: Path, command: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("metrics.csv", "summary.json", "run_config.json"):
         shutil.copy2(out_dir / name, folder / name)
-    _write_json(folder / "reference.json", {
+    write_json(folder / "reference.json", {
         **reference_values(cfg), "mode": cfg.agent.mode,
         "command": command,
         "date": str(date.today()), "machine": f"{platform.node()} ({os.cpu_count()} cores)",

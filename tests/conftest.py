@@ -4,6 +4,7 @@ real thing (PixelHazard and SafetyPointGoal1Vision-v0 appear in the suite too)."
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
@@ -99,3 +100,21 @@ class Recorder(KVWriter):
 
     def close(self) -> None:
         pass
+
+
+# ----------------------------------------------------------------------------- the example script
+EXAMPLE_SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "train_sac_shielded.py"
+
+
+def import_example(module_name: str):
+    """Import examples/train_sac_shielded.py as ``module_name``; yields it, then unregisters it."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(module_name, EXAMPLE_SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and tyro resolve annotations through it
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop(spec.name, None)
+

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -15,6 +14,7 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 import pytest
+from conftest import import_example
 
 import lbwrap
 from lbwrap.eval import (
@@ -30,12 +30,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_sac_shielded
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("train_sac_shielded", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses and tyro resolve annotations through it
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from import_example("train_sac_shielded")
 
 
 #: The debug preset's values as flags (for presets other than debug).

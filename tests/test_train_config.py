@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib.util
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import import_example
 
 import lbwrap
 from lbwrap.sb3 import TrainConfig, preset_config
@@ -28,12 +27,7 @@ NONE_MEANS_DEFAULT = {"max_episode_steps", "shield_eps"}
 
 @pytest.fixture(scope="module")
 def example():
-    spec = importlib.util.spec_from_file_location("train_sac_shielded_config", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses and tyro resolve annotations through it
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+    yield from import_example("train_sac_shielded_config")
 
 
 def help_text(example, monkeypatch, capsys, *argv: str) -> str:
