@@ -113,6 +113,12 @@ class SafetyModelConfig:
     action_barrier: ActionBarrierConfig | None = field(default_factory=ActionBarrierConfig)
     """The action-conditioned next-state barrier the shield predicts with (trained in every
     :meth:`LatentSafetyModel.update`); ``None`` leaves it out (the paper's prior-based shield)."""
+    latent_action_barrier: bool = False
+    """Also train ``B_next(z, a)``, an action barrier on the agent's latent features
+    (``cat(deter, stoch mean)``, what SAC observes) instead of the frame embedding, with
+    ``action_barrier``'s settings and targets (:attr:`LatentSafetyModel.latent_action_barrier`).
+    :class:`~lbwrap.sb3.BarrierSAC` with ``barrier_term="action"`` puts it in the actor's loss;
+    the shield and the gate never read it. Needs ``action_barrier``."""
     world_model_lr: float = 6e-4
     """Adam learning rate of the world model (paper: 1e-5, far too slow at CPU budgets)."""
     batch_size: int = 16
@@ -160,6 +166,12 @@ class SafetyModelConfig:
             raise ValueError(
                 "SafetyModelConfig.filter uses predictor='action_barrier' but action_barrier is "
                 "None: set action_barrier=ActionBarrierConfig() or use predictor='prior'"
+            )
+        if self.latent_action_barrier and self.action_barrier is None:
+            raise ValueError(
+                "SafetyModelConfig.latent_action_barrier=True trains with action_barrier's "
+                "settings, but action_barrier is None: set action_barrier=ActionBarrierConfig() "
+                "or latent_action_barrier=False"
             )
         for name in ("batch_size", "seq_len", "replay_capacity", "ready_min_updates"):
             if int(getattr(self, name)) < 1:
@@ -263,12 +275,14 @@ class LatentSafetyModel(nn.Module):
             sampling, imagination and the shield's candidate draws.
     """
 
-    # buffers (register_buffer in __init__); action_accuracy_ema only with an action barrier
+    # buffers (register_buffer in __init__); action_accuracy_ema only with an action barrier,
+    # latent_action_accuracy_ema only with a latent action barrier
     action_low: torch.Tensor
     action_high: torch.Tensor
     accuracy_ema: torch.Tensor
     unsafe_seen: torch.Tensor
     action_accuracy_ema: torch.Tensor
+    latent_action_accuracy_ema: torch.Tensor
 
     def __init__(
         self,
@@ -288,6 +302,10 @@ class LatentSafetyModel(nn.Module):
             self.barrier = BarrierNet.from_config(config.barrier, wm_cfg.stoch_dim, wm_cfg.deter_dim)
             action_barrier = None if config.action_barrier is None else ActionBarrierNet.from_config(
                 config.action_barrier, self.world_model.embed_dim, wm_cfg.action_dim)
+            latent_action_barrier = None  # drawn last: the other weights do not depend on it
+            if config.latent_action_barrier and config.action_barrier is not None:
+                latent_action_barrier = ActionBarrierNet.from_config(
+                    config.action_barrier, wm_cfg.feature_dim, wm_cfg.action_dim)
         low = np.asarray(action_low, dtype=np.float32).reshape(-1)
         high = np.asarray(action_high, dtype=np.float32).reshape(-1)
         if low.shape != (wm_cfg.action_dim,) or high.shape != (wm_cfg.action_dim,):
@@ -305,12 +323,21 @@ class LatentSafetyModel(nn.Module):
         if action_barrier is not None:
             self.action_barrier = action_barrier
             self.register_buffer("action_accuracy_ema", torch.tensor(float("nan")))
+        self.latent_action_barrier: ActionBarrierNet | None = None
+        self.latent_action_barrier_trainer: BarrierTrainer | None = None
+        if latent_action_barrier is not None:
+            self.latent_action_barrier = latent_action_barrier
+            self.register_buffer("latent_action_accuracy_ema", torch.tensor(float("nan")))
         self.to(resolve_device(device))
         self.wm_trainer = WorldModelTrainer(self.world_model, lr=config.world_model_lr)
         self.barrier_trainer = BarrierTrainer(self.barrier, config.barrier)
         if self.action_barrier is not None and config.action_barrier is not None:
             self.action_barrier_trainer = BarrierTrainer(  # its Adam/clip/skip loop, other params
                 self.action_barrier, config.barrier, lr=config.action_barrier.lr,
+                grad_clip=config.action_barrier.grad_clip)
+        if self.latent_action_barrier is not None and config.action_barrier is not None:
+            self.latent_action_barrier_trainer = BarrierTrainer(
+                self.latent_action_barrier, config.barrier, lr=config.action_barrier.lr,
                 grad_clip=config.action_barrier.grad_clip)
         self.generator = torch.Generator(device=self.device)
         if seed is not None:
@@ -389,13 +416,16 @@ class LatentSafetyModel(nn.Module):
                "barrier": int(self.barrier_trainer.num_skipped)}
         if self.action_barrier_trainer is not None:
             out["action_barrier"] = int(self.action_barrier_trainer.num_skipped)
+        if self.latent_action_barrier_trainer is not None:
+            out["latent_action_barrier"] = int(self.latent_action_barrier_trainer.num_skipped)
         return out
 
     def nonfinite_modules(self) -> list[str]:
-        """Names of the models (``world_model``, ``barrier``, ``action_barrier``) holding a NaN
-        or inf weight; empty when all are finite."""
+        """Names of the models (``world_model``, ``barrier``, ``action_barrier``,
+        ``latent_action_barrier``) holding a NaN or inf weight; empty when all are finite."""
         models = {"world_model": self.world_model, "barrier": self.barrier,
-                  "action_barrier": self.action_barrier}
+                  "action_barrier": self.action_barrier,
+                  "latent_action_barrier": self.latent_action_barrier}
         return [name for name, module in models.items()
                 if module is not None and not all(bool(torch.isfinite(p).all())
                                                   for p in module.parameters())]
@@ -484,8 +514,18 @@ class LatentSafetyModel(nn.Module):
             metrics = {f"world_model/{k}": v for k, v in wm_metrics.items()}
             metrics.update({f"barrier/{k}": v for k, v in b_metrics.items()})
             if self.action_barrier is not None:
-                metrics.update({f"action_barrier/{k}": v
-                                for k, v in self._update_action_barrier(out.embed, batch).items()})
+                if out.embed is None:
+                    raise RuntimeError("the world model's loss returned no embeddings")
+                metrics.update({f"action_barrier/{k}": v for k, v in self._update_action_barrier(
+                    self.action_barrier, self.action_barrier_trainer, self.action_accuracy_ema,
+                    out.embed, batch).items()})
+            if self.latent_action_barrier is not None:  # on what the agent observes
+                features = torch.cat([out.posts.deter, out.posts.mean], dim=-1).detach()
+                metrics.update({f"latent_action_barrier/{k}": v
+                                for k, v in self._update_action_barrier(
+                                    self.latent_action_barrier,
+                                    self.latent_action_barrier_trainer,
+                                    self.latent_action_accuracy_ema, features, batch).items()})
         self._refresh_gate()
         metrics["safety/accuracy_ema"] = float(self.accuracy_ema)
         metrics["safety/ready"] = float(self.ready)
@@ -497,25 +537,25 @@ class LatentSafetyModel(nn.Module):
         return training_autocast(self.device, self.config.autocast)
 
     def _update_action_barrier(
-        self, embed: torch.Tensor | None, batch: dict[str, torch.Tensor]
+        self, net: ActionBarrierNet, trainer: BarrierTrainer | None, accuracy_ema: torch.Tensor,
+        inputs: torch.Tensor, batch: dict[str, torch.Tensor]
     ) -> dict[str, float]:
-        assert self.action_barrier is not None and self.action_barrier_trainer is not None
-        if embed is None:
-            raise RuntimeError("the world model's loss returned no embeddings")
-        pairs = transitions(embed, batch["action"], batch["cost"], batch["is_first"])
-        assert self.config.action_barrier is not None
+        """``action_barrier.steps_per_batch`` steps of ``net`` on the batch's transitions from
+        ``inputs`` (B, T, ...): frame embeddings or latent features."""
+        assert trainer is not None and self.config.action_barrier is not None
+        pairs = transitions(inputs, batch["action"], batch["cost"], batch["is_first"])
         metrics: dict[str, float] = {}
         for step in range(self.config.action_barrier.steps_per_batch):
             with self._autocast():
                 loss, step_metrics = action_barrier_loss(
-                    self.action_barrier, *pairs, kappa=self.config.barrier.kappa,
+                    net, *pairs, kappa=self.config.barrier.kappa,
                     horizon=self.config.action_barrier.horizon,
                     discount=self.config.action_barrier.discount)
             if step == 0:  # measured before this batch trained it
                 metrics = step_metrics
-            metrics.update(self.action_barrier_trainer.step(loss))
-        self._ema(self.action_accuracy_ema, metrics["balanced_accuracy"])
-        metrics["accuracy_ema"] = float(self.action_accuracy_ema)
+            metrics.update(trainer.step(loss))
+        self._ema(accuracy_ema, metrics["balanced_accuracy"])
+        metrics["accuracy_ema"] = float(accuracy_ema)
         return metrics
 
     def _ema(self, buffer: torch.Tensor, value: float) -> None:
@@ -581,6 +621,9 @@ class LatentSafetyModel(nn.Module):
         }
         if self.action_barrier_trainer is not None:
             payload["action_barrier_trainer"] = self.action_barrier_trainer.state_dict()
+        if self.latent_action_barrier_trainer is not None:
+            payload["latent_action_barrier_trainer"] = \
+                self.latent_action_barrier_trainer.state_dict()
         if include_replay:
             payload["replay"] = torch.frombuffer(bytearray(self.replay.to_bytes()),
                                                  dtype=torch.uint8)
@@ -618,6 +661,9 @@ class LatentSafetyModel(nn.Module):
         saved = SafetyModelConfig(**_config_dict(payload))
         diffs = saved.world_model.differences(self.config.world_model)
         ab_diffs = _action_barrier_differences(saved.action_barrier, self.config.action_barrier)
+        if saved.latent_action_barrier != self.config.latent_action_barrier:
+            ab_diffs.append(f"latent_action_barrier: checkpoint {saved.latent_action_barrier!r} "
+                            f"vs model {self.config.latent_action_barrier!r}")
         if diffs or saved.barrier.to_dict() != self.config.barrier.to_dict() or ab_diffs:
             detail = ", ".join(
                 f"{d}: checkpoint {getattr(saved.world_model, d)!r} vs model "
@@ -635,6 +681,9 @@ class LatentSafetyModel(nn.Module):
         self.barrier_trainer.load_state_dict(payload["barrier_trainer"])
         if self.action_barrier_trainer is not None:
             self.action_barrier_trainer.load_state_dict(payload["action_barrier_trainer"])
+        if self.latent_action_barrier_trainer is not None:
+            self.latent_action_barrier_trainer.load_state_dict(
+                payload["latent_action_barrier_trainer"])
         self._gate_open = bool(payload.get("gate_open", False))  # absent in version 1
         replay = payload.get("replay")
         if isinstance(replay, torch.Tensor):

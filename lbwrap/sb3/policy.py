@@ -27,6 +27,15 @@ unchanged: the term's gradient joins the actor's before each actor step (see
 are frozen while the term is built, so the actor step neither updates nor leaves gradients on
 them; they keep learning from real data through :class:`~lbwrap.sb3.CoTrainCallback`.
 
+The action form (``barrier_term="action"``, :func:`action_barrier_actor_loss`). B(z) at the
+prior cannot tell, at a hazard's edge, the action that enters from the one that moves away (see
+:mod:`lbwrap.barrier.action_barrier`), so the imagined term barely moves the actor. The action
+form reads the safety model's *latent action barrier* ``B_next(z, a)`` (the action barrier's
+multi-step unsafe targets, learned on the same latent features the agent observes) at the
+actor's own action: ``barrier_loss = mean relu(margin - B_next(z_0, pi(z_0)))``. It is zero
+where the shield would pass the action and otherwise pushes the action along ``dB_next/da``,
+so the actor learns to steer before the shield has to step in.
+
 Persistence: the policy owns the safety model as its submodule ``safety``, so its weights
 (and readiness buffers) are in ``policy.state_dict()``; the safety optimisers' states go in the
 zip's ``.pth`` files too. The live object (and its pixel replay) is never pickled: the zip's
@@ -58,14 +67,19 @@ from lbwrap.world_model.rssm import LOSS_ONLY_FIELDS
 from lbwrap.wrappers.latent import LatentObservation
 
 __all__ = [
+    "BARRIER_TERMS",
     "BarrierSAC",
     "BarrierSACPolicy",
+    "action_barrier_actor_loss",
     "barrier_actor_loss",
     "scale_actions",
     "split_features",
 ]
 
 SelfBarrierSAC = TypeVar("SelfBarrierSAC", bound="BarrierSAC")
+
+#: The actor's barrier terms :class:`BarrierSAC` offers (``barrier_term``).
+BARRIER_TERMS = ("imagined", "action")
 
 ActorFn = Callable[[th.Tensor], th.Tensor]
 """Maps latent features (N, deter + stoch) to squashed actions in [-1, 1] (N, A)."""
@@ -200,6 +214,65 @@ def barrier_actor_loss(
     return loss, metrics
 
 
+def action_barrier_actor_loss(
+    safety: LatentSafetyModel,
+    features: th.Tensor,
+    actions: th.Tensor,
+) -> tuple[th.Tensor, dict[str, float]]:
+    """The action form of the actor's barrier term: ``mean relu(margin - B_next(z, a))``.
+
+    ``B_next`` is the safety model's latent action barrier
+    (:attr:`~lbwrap.safety_model.LatentSafetyModel.latent_action_barrier`: the action barrier's
+    targets, learned on the latent features the agent observes), ``margin`` the action barrier's
+    (:attr:`~lbwrap.barrier.action_barrier.ActionBarrierConfig.margin`, on its logit scale), so
+    the term is zero where the shield would pass the action and otherwise pushes the action along
+    ``dB_next/da``: the direction in which the predicted risk of the next steps falls.
+
+    Args:
+        safety: holds the latent action barrier (``SafetyModelConfig(latent_action_barrier=True)``).
+        features: latent observations ``cat(deter, stoch_mean)`` (N, D + Z).
+        actions: squashed actions in [-1, 1] (N, A) with gradients to the actor (SAC's
+            ``actions_pi``).
+
+    Returns:
+        ``(loss, metrics)``: ``loss`` is a scalar on ``safety.device``; ``metrics`` holds
+        ``barrier_actor_loss``, ``barrier_unsafe_fraction`` (share of actions with
+        ``B_next < 0``), ``barrier_below_margin`` (share below the margin) and
+        ``barrier_next_mean``.
+
+    The network's parameters are frozen while the graph is built, so a ``backward()`` on the
+    result leaves gradients on the actions (and the actor) only.
+    """
+    net = safety.latent_action_barrier
+    config = safety.config.action_barrier
+    if net is None or config is None:
+        raise ValueError(
+            "the action barrier term needs the safety model's latent action barrier: build it "
+            "with SafetyModelConfig(latent_action_barrier=True) (LatentSafetyModel.for_env(env, "
+            "latent_action_barrier=True))"
+        )
+    feat_dim = safety.config.world_model.feature_dim
+    if features.dim() != 2 or features.shape[-1] != feat_dim or actions.shape[:1] != features.shape[:1]:
+        raise ValueError(
+            f"expected features (N, {feat_dim}) and actions (N, {safety.action_dim}), actual "
+            f"{tuple(features.shape)} and {tuple(actions.shape)}"
+        )
+    device = safety.device
+    scaled = scale_actions(actions.to(device, th.float32), safety.action_low, safety.action_high)
+    with _frozen(safety):
+        b_next = net(features.detach().to(device, th.float32), scaled)
+    below = F.relu(config.margin - b_next)
+    loss = below.mean()
+    with th.no_grad():
+        metrics = {
+            "barrier_actor_loss": float(loss),
+            "barrier_unsafe_fraction": float((b_next < 0).float().mean()),
+            "barrier_below_margin": float((below > 0).float().mean()),
+            "barrier_next_mean": float(b_next.mean()),
+        }
+    return loss, metrics
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -249,6 +322,9 @@ def _check_compatible(safety: LatentSafetyModel, spec: dict[str, Any]) -> None:
         mine, theirs = getattr(saved.barrier, name), getattr(safety.config.barrier, name)
         if mine != theirs:
             diffs.append(f"barrier.{name}: saved {mine!r}, given {theirs!r}")
+    if saved.latent_action_barrier != safety.config.latent_action_barrier:
+        diffs.append(f"latent_action_barrier: saved {saved.latent_action_barrier!r}, given "
+                     f"{safety.config.latent_action_barrier!r}")
     if diffs:
         raise ValueError(
             "The safety model does not match the saved agent's (" + "; ".join(diffs) + "). "
@@ -301,6 +377,10 @@ class BarrierSAC(SAC):
         barrier_weight: ``eta``, the weight of the barrier term (paper: 1; 0 disables it).
         barrier_horizon: imagined steps of the barrier term (>= 1).
         barrier_always: add the term even while ``safety.ready`` is False (untrained barrier).
+        barrier_term: ``"imagined"`` (the paper's: B(z) along ``barrier_horizon`` steps of the
+            world model's prior, :func:`barrier_actor_loss`) or ``"action"`` (the latent action
+            barrier ``B_next(z, a)`` of the proposed action, :func:`action_barrier_actor_loss`;
+            needs ``SafetyModelConfig(latent_action_barrier=True)``; ``barrier_horizon`` unused).
         **kwargs: SAC's arguments (``learning_rate``, ``buffer_size``, ``batch_size``, ...).
 
     Logged besides SAC's keys: ``train/barrier_active`` (0/1), and while active
@@ -323,6 +403,7 @@ class BarrierSAC(SAC):
         barrier_weight: float = 1.0,
         barrier_horizon: int = 5,
         barrier_always: bool = False,
+        barrier_term: str = "imagined",
         _init_setup_model: bool = True,
         **kwargs: Any,
     ) -> None:
@@ -346,12 +427,15 @@ class BarrierSAC(SAC):
             or barrier_horizon < 1
         ):
             raise ValueError(f"barrier_horizon: expected an int >= 1, actual {barrier_horizon!r}")
+        if barrier_term not in BARRIER_TERMS:
+            raise ValueError(f"barrier_term: expected one of {BARRIER_TERMS}, actual {barrier_term!r}")
         super().__init__(policy, env, _init_setup_model=False, **kwargs)
         self.safety = safety
         self.safety_spec: dict[str, Any] | None = None
         self.barrier_weight = weight
         self.barrier_horizon = int(barrier_horizon)
         self.barrier_always = bool(barrier_always)
+        self.barrier_term = barrier_term
         if _init_setup_model:
             self._setup_model()
 
@@ -388,6 +472,13 @@ class BarrierSAC(SAC):
     def _check_safety(self) -> None:
         safety = self.safety
         assert safety is not None
+        if getattr(self, "barrier_term", "imagined") == "action" and safety.latent_action_barrier is None:
+            raise ValueError(
+                "BarrierSAC(barrier_term='action') reads the safety model's latent action "
+                "barrier, which this one lacks: build it with "
+                "LatentSafetyModel.for_env(env, latent_action_barrier=True) (or "
+                "SafetyModelConfig(latent_action_barrier=True)), or use barrier_term='imagined'."
+            )
         wm_cfg = safety.config.world_model
         feat = wm_cfg.feature_dim
         obs_space = self.observation_space
@@ -547,9 +638,12 @@ class BarrierSAC(SAC):
                     "actor.action_log_prob(): this SB3 version's SAC.train is not supported."
                 )
             obs, actions_pi = pending.pop()
-            loss, step_metrics = barrier_actor_loss(
-                safety, barrier_actions, obs, self.barrier_horizon, first_actions=actions_pi
-            )
+            if self.barrier_term == "action":
+                loss, step_metrics = action_barrier_actor_loss(safety, obs, actions_pi)
+            else:
+                loss, step_metrics = barrier_actor_loss(
+                    safety, barrier_actions, obs, self.barrier_horizon, first_actions=actions_pi
+                )
             # retain_graph: SAC's actor_loss.backward() runs through actions_pi's graph next
             (self.barrier_weight * loss).backward(retain_graph=True)
             metrics.append(step_metrics)

@@ -36,7 +36,7 @@ from lbwrap.sb3.critic_scorer import SHIELD_SELECTIONS, selection_scorer
 from lbwrap.sb3.executed_actions import ExecutedActionRelabel
 from lbwrap.sb3.lagrangian import LagrangianLoggerCallback, VecLagrangianPenalty
 from lbwrap.sb3.pixel_agent import SafePixelAgent
-from lbwrap.sb3.policy import BarrierSAC
+from lbwrap.sb3.policy import BARRIER_TERMS, BarrierSAC
 from lbwrap.sb3.refresh import LatentRefresher
 from lbwrap.sb3.vec_wrappers import (
     VecBarrierPenalty,
@@ -101,6 +101,11 @@ class AgentRecipe:
     lambda_lr: float = 0.05
     barrier_weight: float = 1.0
     barrier_horizon: int = 5
+    barrier_term: Literal["imagined", "action"] = "imagined"
+    """The actor's barrier term in the barrier modes (:class:`BarrierSAC`'s ``barrier_term``):
+    ``"imagined"`` (the paper's, B(z) along imagined steps) or ``"action"`` (the latent action
+    barrier at the proposed action; :func:`build_safe_agent` then builds the safety model with
+    ``latent_action_barrier=True``)."""
     reward_scale: float = 10.0
     """Multiply the reward the agent learns from (:class:`VecRewardScale`, outermost wrapper, so
     penalties are scaled with it); logs, evaluation and the world model keep the env's units."""
@@ -128,6 +133,9 @@ class AgentRecipe:
         if self.keep_proposal and not self.learn_from_executed:
             raise ValueError("keep_proposal=True needs learn_from_executed=True (it stores the "
                              "executed action besides the proposal)")
+        if self.barrier_term not in BARRIER_TERMS:
+            raise ValueError(f"barrier_term must be one of {BARRIER_TERMS}, got "
+                             f"{self.barrier_term!r}")
         if self.shield_selection not in SHIELD_SELECTIONS:
             raise ValueError(f"shield_selection must be one of {SHIELD_SELECTIONS}, got "
                              f"{self.shield_selection!r}")
@@ -198,11 +206,15 @@ def build_safe_agent(
 ) -> SafeAgent:
     """Build the VecEnv stack, the safety model (unless given), the agent and its callbacks."""
     venv: VecEnv = SubprocVecEnv(env_fns, start_method="spawn") if recipe.subproc else DummyVecEnv(env_fns)
+    mode = recipe.mode
+    barrier_mode = mode in ("barrier", "barrier+shield")
     if safety is None:
-        safety = LatentSafetyModel.for_env(venv, seed=seed, device=device, **(safety_kwargs or {}))
+        kwargs = dict(safety_kwargs or {})
+        if barrier_mode and recipe.barrier_term == "action":
+            kwargs.setdefault("latent_action_barrier", True)
+        safety = LatentSafetyModel.for_env(venv, seed=seed, device=device, **kwargs)
     venv.seed(seed)
     stack: VecEnv = VecLatentObservation(venv, safety)
-    mode = recipe.mode
     if mode in SHIELD_MODES:
         stack = VecBarrierShield(stack, safety, intervention_penalty=recipe.intervention_penalty)
     if mode in ("penalty", "penalty+shield"):  # outside the shield: B along executed actions
@@ -213,10 +225,11 @@ def build_safe_agent(
         stack = VecRewardScale(stack, recipe.reward_scale)
     common = {"seed": seed, "device": device, "verbose": 0, "tensorboard_log": tensorboard_log,
               **recipe.sac_kwargs}
-    if mode in ("barrier", "barrier+shield"):
+    if barrier_mode:
         agent: BaseAlgorithm = BarrierSAC("MlpPolicy", stack, safety=safety,
                                           barrier_weight=recipe.barrier_weight,
-                                          barrier_horizon=recipe.barrier_horizon, **common)
+                                          barrier_horizon=recipe.barrier_horizon,
+                                          barrier_term=recipe.barrier_term, **common)
     else:
         agent = SAC("MlpPolicy", stack, **common)
     _bind_scorer(stack, agent, recipe)
