@@ -36,7 +36,12 @@ from lbwrap.sb3.lagrangian import (
     find_vec_lagrangian,
 )
 from lbwrap.sb3.pixel_agent import PixelAgentState, SafePixelAgent
-from lbwrap.sb3.policy import BarrierSAC, BarrierSACPolicy, barrier_actor_loss
+from lbwrap.sb3.policy import (
+    BarrierSAC,
+    BarrierSACPolicy,
+    action_barrier_actor_loss,
+    barrier_actor_loss,
+)
 from lbwrap.sb3.recipes import AgentRecipe, SafeAgent, build_safe_agent
 from lbwrap.sb3.refresh import LatentRefresher
 from lbwrap.sb3.vec_wrappers import (
@@ -74,6 +79,7 @@ __all__ = [
     "VecLagrangianPenalty",
     "VecLatentObservation",
     "VecRewardScale",
+    "action_barrier_actor_loss",
     "barrier_actor_loss",
     "build_safe_agent",
     "check_finite",
