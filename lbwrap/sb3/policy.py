@@ -259,18 +259,16 @@ def action_barrier_actor_loss(
         )
     device = safety.device
     scaled = scale_actions(actions.to(device, th.float32), safety.action_low, safety.action_high)
-    with _frozen(safety):
+    with _frozen(net):  # only this network is read: the rest of the safety model stays as is
         b_next = net(features.detach().to(device, th.float32), scaled)
     below = F.relu(config.margin - b_next)
     loss = below.mean()
     with th.no_grad():
-        metrics = {
-            "barrier_actor_loss": float(loss),
-            "barrier_unsafe_fraction": float((b_next < 0).float().mean()),
-            "barrier_below_margin": float((below > 0).float().mean()),
-            "barrier_next_mean": float(b_next.mean()),
-        }
-    return loss, metrics
+        stats = th.stack([loss.detach(), (b_next < 0).float().mean(),
+                          (below > 0).float().mean(), b_next.mean()]).cpu().tolist()  # one sync
+    names = ("barrier_actor_loss", "barrier_unsafe_fraction", "barrier_below_margin",
+             "barrier_next_mean")
+    return loss, dict(zip(names, stats, strict=True))
 
 
 # --------------------------------------------------------------------------- helpers
@@ -472,7 +470,7 @@ class BarrierSAC(SAC):
     def _check_safety(self) -> None:
         safety = self.safety
         assert safety is not None
-        if getattr(self, "barrier_term", "imagined") == "action" and safety.latent_action_barrier is None:
+        if self.barrier_term == "action" and safety.latent_action_barrier is None:
             raise ValueError(
                 "BarrierSAC(barrier_term='action') reads the safety model's latent action "
                 "barrier, which this one lacks: build it with "
