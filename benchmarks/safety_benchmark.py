@@ -116,6 +116,9 @@ class Args:
     barrier_term: Literal["imagined", "action"] = "imagined"
     """The actor's barrier term of the barrier modes (``AgentRecipe.barrier_term``): the
     paper's imagined B(z) ("imagined") or the latent action barrier at the proposal ("action")."""
+    barrier_weight: float = 1.0
+    """Weight of the actor's barrier term in the barrier modes (``AgentRecipe.barrier_weight``,
+    the paper's eta: 1)."""
     shield_selection: str = "closest"
     """How the shield picks a substitute among passing actions: closest to the proposal, or the
     best by the agent's critic ("critic")."""
@@ -207,7 +210,7 @@ def train(args: Args, mode: str, seed: int):
         learn_from_executed=args.learn_from_executed, keep_proposal=args.keep_proposal,
         intervention_penalty=args.intervention_penalty, penalty_scale=args.penalty_scale,
         shield_selection=args.shield_selection, barrier_term=args.barrier_term,
-        reward_scale=args.reward_scale,
+        barrier_weight=args.barrier_weight, reward_scale=args.reward_scale,
         num_envs=args.num_envs, subproc=args.num_envs > 1,
         sac_kwargs={"learning_starts": args.learning_starts, "buffer_size": 200_000,
                     "ent_coef": args.ent_coef, "gradient_steps": args.sac_gradient_steps,
@@ -294,6 +297,7 @@ def run_one(job: tuple[Args, str, int]) -> dict:
         "learn_from_executed": args.learn_from_executed, "keep_proposal": args.keep_proposal,
         "intervention_penalty": args.intervention_penalty, "label_horizon": args.label_horizon,
         "penalty_scale": args.penalty_scale, "barrier_term": args.barrier_term,
+        "barrier_weight": args.barrier_weight,
         "pretrain_updates": args.pretrain_updates, "pretrain_min_unsafe": args.pretrain_min_unsafe,
         "ready_release_accuracy": args.ready_release_accuracy,
         "model_learning_starts": args.model_learning_starts,
@@ -310,7 +314,7 @@ def run_one(job: tuple[Args, str, int]) -> dict:
 
 #: Settings added after results were committed, with the value those results used: left out of
 #: a run's identity at that value, so that the committed results still match their command.
-ADDED_LATER = {"barrier_term": "imagined", "keep_proposal": False, "penalty_scale": 1.0, "label_discount": 0.5, "label_steps": 4, "num_envs": 1, "device": "cpu", "world_model": "cpu",
+ADDED_LATER = {"barrier_weight": 1.0, "barrier_term": "imagined", "keep_proposal": False, "penalty_scale": 1.0, "label_discount": 0.5, "label_steps": 4, "num_envs": 1, "device": "cpu", "world_model": "cpu",
                "model_batch": None, "model_seq_len": None, "autocast": "off",
                "sac_gradient_steps": 1, "sac_batch_size": 256}
 

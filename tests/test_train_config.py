@@ -131,7 +131,7 @@ def test_library_defaults_are_what_the_safety_benchmark_measured():
     bench, recipe = _benchmark_defaults(), AgentRecipe()
     for name in ("train_every", "updates_per_train", "model_learning_starts", "pretrain_updates",
                  "pretrain_min_unsafe", "intervention_penalty", "penalty_scale", "reward_scale",
-                 "learn_from_executed", "shield_selection"):
+                 "learn_from_executed", "shield_selection", "barrier_weight", "barrier_term"):
         assert getattr(recipe, name) == bench[name], name
     assert {"learning_starts": bench["learning_starts"], "ent_coef": bench["ent_coef"],
             "gradient_steps": bench["sac_gradient_steps"],
