@@ -8,7 +8,9 @@ Each argument is ``LABEL=FOLDER:MODE``: the rows of ``FOLDER/runs.csv`` (written
 ``safety_benchmark.py``) whose mode is ``MODE``. Per label: the IQM and 95 % stratified-bootstrap
 interval (rliable) of cumulative training violations and final evaluation return (a single run
 is shown as a point without an interval), the ratio of each to the label ``none`` where there is
-one, and the evaluation cost and the shield's evaluation interventions per episode. Writes ``<out>/tradeoff.md``,
+one, and the evaluation cost and the shield's evaluation interventions per episode. With
+``--bar-reference LABEL`` the run task's bar (at most 1/5 of that label's violations, at least
+80 % of its return) is drawn as a box and a column says who is inside. Writes ``<out>/tradeoff.md``,
 ``<out>/tradeoff.csv`` and ``<out>/tradeoff.png``.
 """
 
@@ -34,6 +36,16 @@ class Args:
     """``LABEL=FOLDER:MODE`` entries, in the order the variants should be listed."""
     out: Path = Path("benchmarks/results/tradeoff")
     """Output folder."""
+    bar_reference: str | None = None
+    """Label whose IQM defines the run task's bar: at most 1/5 of its cumulative training
+    violations and at least 80 % of its evaluation return. Drawn as a shaded box, and a column
+    says which variants lie inside it. None: no bar."""
+
+
+#: The run task's bar (issue 15): violations at most this share of the reference's ...
+BAR_VIOLATION_SHARE = 0.2
+#: ... and return at least this share of the reference's.
+BAR_RETURN_SHARE = 0.8
 
 
 def parse(entry: str) -> tuple[str, Path, str]:
@@ -43,6 +55,17 @@ def parse(entry: str) -> tuple[str, Path, str]:
     if not (sep and sep2 and label and folder and mode):
         raise SystemExit(f"expected LABEL=FOLDER:MODE, got {entry!r}")
     return label, Path(folder), mode
+
+
+def bar_box(table: list[dict], reference: str | None) -> tuple[float, float] | None:
+    """(most violations, least return) of the bar set by the row labelled ``reference``."""
+    if reference is None:
+        return None
+    ref = next((r for r in table if r["label"] == reference), None)
+    if ref is None:
+        raise SystemExit(f"--bar-reference {reference!r} is not one of the labels "
+                         f"{[r['label'] for r in table]}")
+    return BAR_VIOLATION_SHARE * ref["cum_violations"], BAR_RETURN_SHARE * ref["eval_return"]
 
 
 def load(folder: Path, mode: str) -> list[dict[str, str]]:
@@ -67,23 +90,33 @@ def main(args: Args) -> None:
             row.update({key: iqm, f"{key}_lo": lo, f"{key}_hi": hi})
         table.append(row)
     base = next((r for r in table if r["label"] == "none"), None)
+    bar = bar_box(table, args.bar_reference)
     lines = [f"# return / violation trade-off {date.today()}, {machine()}", "",
-             "IQM [95 % CI] over the runs of each variant (rliable); one run: its value.", "",
-             ("| variant | runs | cum. training violations | vs none | eval return | vs none | "
-             "eval cost | eval interventions / episode |"), "|---|---|---|---|---|---|---|---|"]
+             "IQM [95 % CI] over the runs of each variant (rliable); one run: its value.", ""]
+    if bar:
+        lines += [(f"Bar: at most {bar[0]:.0f} cumulative training violations and at least "
+                  f"{bar[1]:.2f} evaluation return ({BAR_VIOLATION_SHARE:.0%} and "
+                  f"{BAR_RETURN_SHARE:.0%} of {args.bar_reference!r})."), ""]
+    lines += [("| # | variant | runs | cum. training violations | vs none | eval return | vs none | "
+              "eval cost | eval interventions / episode |" + (" in the bar |" if bar else "")),
+              "|---|---|---|---|---|---|---|---|---|" + ("---|" if bar else "")]
 
     def cell(r: dict, key: str, digits: int) -> str:
         if r["runs"] == 1:
             return f"{r[key]:.{digits}f}"
         return f"{r[key]:.{digits}f} [{r[key + '_lo']:.{digits}f}, {r[key + '_hi']:.{digits}f}]"
 
-    for r in table:
+    for k, r in enumerate(table, start=1):
         v = r["cum_violations"] / base["cum_violations"] if base else math.nan
         ret = r["eval_return"] / base["eval_return"] if base else math.nan
         r["cum_violations_vs_none"], r["eval_return_vs_none"] = v, ret
-        lines.append(f"| {r['label']} | {r['runs']} | {cell(r, 'cum_violations', 0)} | {v:.2f}x | "
-                     f"{cell(r, 'eval_return', 2)} | {100 * ret:.0f} % | "
-                     f"{cell(r, 'eval_cost', 1)} | {cell(r, 'eval_interventions', 1)} |")
+        inside = ""
+        if bar:
+            r["in_bar"] = r["cum_violations"] <= bar[0] and r["eval_return"] >= bar[1]
+            inside = f" {'yes' if r['in_bar'] else 'no'} |"
+        lines.append(f"| {k} | {r['label']} | {r['runs']} | {cell(r, 'cum_violations', 0)} | "
+                     f"{v:.2f}x | {cell(r, 'eval_return', 2)} | {100 * ret:.0f} % | "
+                     f"{cell(r, 'eval_cost', 1)} | {cell(r, 'eval_interventions', 1)} |{inside}")
     lines += ["", "command: python benchmarks/tradeoff.py " + " ".join(
         f'"{s}"' if " " in s else s for s in sys.argv[1:])]
     write_markdown(args.out / "tradeoff.md", lines)
@@ -94,19 +127,23 @@ def main(args: Args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.8))
-    for k, r in enumerate(table):
+    fig, ax = plt.subplots(figsize=(12, 6))
+    if bar:
+        ax.fill_between([0, bar[0]], bar[1], max(r["eval_return"] for r in table) * 1.05,
+                        color="tab:green", alpha=0.12, label=f"the bar ({args.bar_reference})")
+    for k, r in enumerate(table, start=1):
         x, y = r["cum_violations"], r["eval_return"]
         err = {} if r["runs"] == 1 else {
             "xerr": [[x - r["cum_violations_lo"]], [r["cum_violations_hi"] - x]],
             "yerr": [[y - r["eval_return_lo"]], [r["eval_return_hi"] - y]]}
-        ax.errorbar(x, y, fmt="os^vD<>p*h"[k % 10], capsize=3, label=f"{r['label']} (n={r['runs']})",
-                    **err)
+        ax.errorbar(x, y, fmt="os^vD<>p*h"[k % 10], capsize=3,
+                    label=f"{k}: {r['label']} (n={r['runs']})", **err)
+        ax.annotate(str(k), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set(xlabel="cumulative training violations", ylabel="final evaluation return",
            title="return / violation trade-off (IQM, 95 % CI where n > 1)")
     ax.set_xscale("symlog", linthresh=100)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     fig.savefig(args.out / "tradeoff.png", dpi=120)
     print(f"wrote {args.out / 'tradeoff.png'}")

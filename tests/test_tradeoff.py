@@ -33,9 +33,30 @@ def test_tables_and_plots_variants_against_none(tmp_path: Path) -> None:
         check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     table = (out / "tradeoff.md").read_text()
-    assert "| shield default | 1 | 100 | 0.10x | 5.00 | 25 % |" in table
-    assert "| shield tuned | 3 | 51 [" in table and "| 90 % |" in table
+    assert "| 2 | shield default | 1 | 100 | 0.10x | 5.00 | 25 % |" in table
+    assert "| 3 | shield tuned | 3 | 51 [" in table and "| 90 % |" in table
+    assert "in the bar" not in table
     assert (out / "tradeoff.png").stat().st_size > 1000
+
+
+def test_marks_the_variants_inside_the_bar(tmp_path: Path) -> None:
+    """The bar: <= 1/5 of the reference's violations and >= 80 % of its return (IQMs)."""
+    write_runs(tmp_path / "a", [row("none", 0, 1000, 20.0), row("shield", 0, 100, 5.0),
+                                row("penalty", 0, 300, 19.0), row("barrier", 0, 200, 16.0)])
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(out), "--bar-reference", "none",
+         f"none={tmp_path / 'a'}:none", f"timid={tmp_path / 'a'}:shield",
+         f"leaky={tmp_path / 'a'}:penalty", f"good={tmp_path / 'a'}:barrier"],
+        check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    table = (out / "tradeoff.md").read_text()
+    assert "at most 200 cumulative training violations and at least 16.00" in table
+    inside = {line.split(" | ")[1]: line.rstrip(" |").rsplit(" | ", 1)[1]
+              for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()}
+    assert inside == {"none": "no", "timid": "no", "leaky": "no", "good": "yes"}
+    with open(out / "tradeoff.csv", newline="") as f:
+        assert [r["in_bar"] for r in csv.DictReader(f)] == ["False", "False", "False", "True"]
 
 
 def test_refuses_bad_entries(tmp_path: Path) -> None:
@@ -46,3 +67,11 @@ def test_refuses_bad_entries(tmp_path: Path) -> None:
         done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "o"), entry],
                               check=False, capture_output=True, text=True, timeout=120)
         assert done.returncode != 0 and message in done.stderr, (entry, done.stderr)
+
+
+def test_refuses_a_bar_reference_that_is_no_label(tmp_path: Path) -> None:
+    write_runs(tmp_path / "a", [row("none", 0, 1000, 20.0)])
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "o"),
+                           "--bar-reference", "plain", f"none={tmp_path / 'a'}:none"],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "is not one of the labels" in done.stderr, done.stderr
