@@ -127,7 +127,7 @@ def main(args: Args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(12, 6))
+    fig, ax = plt.subplots(figsize=(12, max(6.0, 0.15 * len(table) + 1.5)))  # legend: a row each
     if bar:
         ax.fill_between([0, bar[0]], bar[1], max(r["eval_return"] for r in table) * 1.05,
                         color="tab:green", alpha=0.12, label=f"the bar ({args.bar_reference})")
