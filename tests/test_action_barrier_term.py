@@ -209,3 +209,6 @@ def test_recipe_builds_the_latent_action_barrier_for_the_action_term():
     assert built.agent.barrier_term == "imagined" and built.safety.latent_action_barrier is None
     with pytest.raises(ValueError, match="barrier_term"):
         AgentRecipe(mode="barrier", barrier_term="both")  # type: ignore[arg-type]
+    for weight in (-0.5, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="barrier_weight must be a finite number >= 0"):
+            AgentRecipe(mode="barrier", barrier_weight=weight)

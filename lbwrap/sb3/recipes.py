@@ -18,6 +18,7 @@ differ only in how safety enters):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -136,6 +137,9 @@ class AgentRecipe:
         if self.barrier_term not in BARRIER_TERMS:
             raise ValueError(f"barrier_term must be one of {BARRIER_TERMS}, got "
                              f"{self.barrier_term!r}")
+        if not (math.isfinite(self.barrier_weight) and self.barrier_weight >= 0):
+            raise ValueError(f"barrier_weight must be a finite number >= 0 (0 turns the barrier "
+                             f"term off), got {self.barrier_weight!r}")
         if self.shield_selection not in SHIELD_SELECTIONS:
             raise ValueError(f"shield_selection must be one of {SHIELD_SELECTIONS}, got "
                              f"{self.shield_selection!r}")
