@@ -101,6 +101,7 @@ class AgentRecipe:
     cost_limit: float = 25.0
     lambda_lr: float = 0.05
     barrier_weight: float = 1.0
+    """Weight of BarrierSAC's barrier term in the barrier modes (the paper's eta; 0: off)."""
     barrier_horizon: int = 5
     barrier_term: Literal["imagined", "action"] = "imagined"
     """The actor's barrier term in the barrier modes (:class:`BarrierSAC`'s ``barrier_term``):
